@@ -1,0 +1,33 @@
+//! Ambit's wire protocols, shared by the controller, the node agents and the waypoints:
+//!
+//! - [`api`]: the protobuf messages and gRPC services (config discovery, certificates);
+//! - [`identity`]: SPIFFE workload identities;
+//! - [`tls`]: SPIFFE mTLS configurations and the certificate authority's signing half;
+//! - [`hbone`]: HBONE, mTLS HTTP/2 CONNECT tunnels on port 15008, wire-compatible with Istio;
+//! - [`relay`]: splicing two streams with half-close;
+//! - [`drain`]: graceful shutdown shared by every server.
+#![forbid(unsafe_code)]
+
+pub mod drain;
+pub mod hbone;
+pub mod identity;
+pub mod net;
+pub mod relay;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod tls;
+
+/// Generated protobuf types and gRPC stubs (package `ambit.v1`).
+pub mod api {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("ambit.v1");
+
+    /// Type URLs of the resources served over [`config_discovery_service_server`].
+    pub mod type_url {
+        pub const WORKLOAD: &str = "type.ambit.dev/ambit.v1.Workload";
+        pub const SERVICE: &str = "type.ambit.dev/ambit.v1.Service";
+        pub const AUTHORIZATION: &str = "type.ambit.dev/ambit.v1.Authorization";
+    }
+}
+
+pub use identity::Identity;
