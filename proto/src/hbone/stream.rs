@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most one write asks flow control for; bigger writes are split. Matches the send buffer so
 /// a writer never queues more than the connection will take.
-const MAX_WRITE: usize = 1024 * 1024;
+const MAX_WRITE: usize = 64 * 1024;
 
 /// A tunnel: reads are the peer's bytes, writes go to the peer, `shutdown` sends END_STREAM
 /// (a TCP half-close), and dropping it without `shutdown` resets the stream (an abort).

@@ -52,17 +52,18 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
 }
 
-/// The crypto provider every Ambit TLS endpoint uses: aws-lc-rs, restricted to what Istio's HBONE
+/// The crypto provider every Ambit TLS endpoint uses: *ring*, restricted to what Istio's HBONE
 /// speaks (TLS 1.3 AES-GCM suites, X25519 with P-256 as a fallback).
 ///
-/// AES-128-GCM is offered first: it is the fastest AEAD on these machines (bench/README.md) and
-/// rustls servers honour the client's order, so mesh-internal tunnels use it, while Istio peers
-/// that prefer AES-256 still interoperate.
+/// ring's AES-GCM measured ~40% faster than aws-lc-rs's on these machines (bench/README.md).
+/// AES-128-GCM is offered first, the fastest AEAD of the two suites; rustls servers honour the
+/// client's order, so mesh-internal tunnels use it while Istio peers preferring AES-256 still
+/// interoperate.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| {
-            use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider, kx_group};
+            use rustls::crypto::ring::{cipher_suite, default_provider, kx_group};
             Arc::new(CryptoProvider {
                 cipher_suites: vec![
                     cipher_suite::TLS13_AES_128_GCM_SHA256,
