@@ -73,7 +73,10 @@ mod tests {
             drop(held);
         });
         drop(watch);
-        assert_eq!(trigger.drain(Duration::from_secs(5)).await, DrainOutcome::Complete);
+        assert_eq!(
+            trigger.drain(Duration::from_secs(5)).await,
+            DrainOutcome::Complete
+        );
         holder.await.unwrap();
     }
 

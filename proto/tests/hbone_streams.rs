@@ -140,7 +140,10 @@ async fn hundred_concurrent_streams_share_one_connection() {
 
         let tasks: Vec<_> = (0..100)
             .map(|i| {
-                let (client, req) = (client.clone(), request(&source, server.identity(), hbone, upstream));
+                let (client, req) = (
+                    client.clone(),
+                    request(&source, server.identity(), hbone, upstream),
+                );
                 tokio::spawn(async move {
                     let mut tunnel = client.connect(req).await.unwrap();
                     let msg = format!("stream {i} ").repeat(1000);
@@ -156,8 +159,19 @@ async fn hundred_concurrent_streams_share_one_connection() {
             open.push(t.await.unwrap());
         }
         assert_eq!(client.pooled_connections(), 1);
-        let peers: HashSet<_> = recorder.seen.lock().unwrap().iter().map(|r| r.peer_addr).collect();
-        assert_eq!(peers.len(), 1, "the server saw {} TCP connections", peers.len());
+        let peers: HashSet<_> = recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.peer_addr)
+            .collect();
+        assert_eq!(
+            peers.len(),
+            1,
+            "the server saw {} TCP connections",
+            peers.len()
+        );
         assert_eq!(recorder.seen.lock().unwrap().len(), 100);
     })
     .await
@@ -171,7 +185,12 @@ async fn upstream_refused_is_an_error_status_not_a_hang() {
         let source = testing::cert(&ca, "frontend", "client");
         let (hbone, _drain) = serve(&server, DialAuthority::default()).await;
         let err = client()
-            .connect(request(&source, server.identity(), hbone, closed_port().await))
+            .connect(request(
+                &source,
+                server.identity(),
+                hbone,
+                closed_port().await,
+            ))
             .await
             .err()
             .expect("tunnel to a closed port succeeded");
@@ -193,7 +212,12 @@ async fn hbone_server_that_is_down_is_a_connect_failure() {
         let source = testing::cert(&ca, "frontend", "client");
         let dst = testing::identity("backend", "server");
         let err = client()
-            .connect(request(&source, &dst, closed_port().await, closed_port().await))
+            .connect(request(
+                &source,
+                &dst,
+                closed_port().await,
+                closed_port().await,
+            ))
             .await
             .err()
             .unwrap();
@@ -237,7 +261,10 @@ async fn garbage_peers_are_dropped_and_others_keep_being_served() {
         let tls_config = std::sync::Arc::new(source.client_config(&[server.identity().clone()]));
         let tcp = TcpStream::connect(hbone).await.unwrap();
         let mut tls = tokio_rustls::TlsConnector::from(tls_config)
-            .connect(rustls::pki_types::ServerName::IpAddress(hbone.ip().into()), tcp)
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(hbone.ip().into()),
+                tcp,
+            )
             .await
             .unwrap();
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff")
@@ -268,7 +295,8 @@ async fn silent_peer_is_cut_off_at_the_handshake_deadline() {
             ..Default::default()
         };
         let config = std::sync::Arc::new(server.server_config().unwrap());
-        let srv = ambit_proto::hbone::Server::new(listener, config, DialAuthority::default(), settings);
+        let srv =
+            ambit_proto::hbone::Server::new(listener, config, DialAuthority::default(), settings);
         let addr = srv.local_addr().unwrap();
         let (_trigger, watch) = drain::channel();
         tokio::spawn(srv.run(watch));
@@ -297,17 +325,22 @@ async fn drain_stops_accepting_and_lets_open_tunnels_finish() {
 
         let drained = tokio::spawn(trigger.drain(Duration::from_secs(30)));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!drained.is_finished(), "drain finished while a tunnel was open");
+        assert!(
+            !drained.is_finished(),
+            "drain finished while a tunnel was open"
+        );
         // The open tunnel still carries data both ways.
         assert_eq!(exchange(&mut open, b"finishing").await, b"finishing");
         drop(open);
         assert_eq!(drained.await.unwrap(), drain::DrainOutcome::Complete);
         // New connections are no longer accepted.
         let fresh = ambit_proto::hbone::Client::new(Default::default());
-        assert!(fresh
-            .connect(request(&source, server.identity(), hbone, upstream))
-            .await
-            .is_err());
+        assert!(
+            fresh
+                .connect(request(&source, server.identity(), hbone, upstream))
+                .await
+                .is_err()
+        );
     })
     .await
 }
@@ -324,7 +357,10 @@ async fn malformed_connect_requests_get_4xx_and_the_connection_survives() {
         let tls_config = std::sync::Arc::new(source.client_config(&[server.identity().clone()]));
         let tcp = TcpStream::connect(hbone).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(tls_config)
-            .connect(rustls::pki_types::ServerName::IpAddress(hbone.ip().into()), tcp)
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(hbone.ip().into()),
+                tcp,
+            )
             .await
             .unwrap();
         let (send, conn) = h2::client::handshake(tls).await.unwrap();
@@ -337,7 +373,9 @@ async fn malformed_connect_requests_get_4xx_and_the_connection_survives() {
                 resp.await.unwrap().status()
             }
         };
-        let get = http::Request::get(format!("http://{upstream}/")).body(()).unwrap();
+        let get = http::Request::get(format!("http://{upstream}/"))
+            .body(())
+            .unwrap();
         assert_eq!(status(get).await, StatusCode::METHOD_NOT_ALLOWED);
         let by_name = http::Request::builder()
             .method("CONNECT")

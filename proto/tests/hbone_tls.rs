@@ -39,7 +39,10 @@ async fn round_trip_carries_identities_and_forwarded() {
         assert_eq!(seen[0].peer_identity, *source.identity());
         assert_eq!(seen[0].authority, upstream);
         assert_eq!(seen[0].local_addr, hbone);
-        assert_eq!(seen[0].forwarded_for, Some("10.244.1.7:40000".parse().unwrap()));
+        assert_eq!(
+            seen[0].forwarded_for,
+            Some("10.244.1.7:40000".parse().unwrap())
+        );
         assert_eq!(seen[0].headers["baggage"], "k8s.namespace.name=frontend");
     })
     .await
@@ -84,7 +87,10 @@ async fn untrusted_root_is_refused_both_ways() {
             .expect("trusted a server from an unknown root");
         // Two test roots share a subject name, so webpki may report either.
         let msg = err.to_string();
-        assert!(msg.contains("UnknownIssuer") || msg.contains("BadSignature"), "{err}");
+        assert!(
+            msg.contains("UnknownIssuer") || msg.contains("BadSignature"),
+            "{err}"
+        );
 
         // A client whose certificate chains to another root, though it trusts the real one.
         let server = testing::cert(&ca, "backend", "server");
@@ -95,7 +101,10 @@ async fn untrusted_root_is_refused_both_ways() {
         let result = client()
             .connect(request(&rogue_source, server.identity(), hbone, upstream))
             .await;
-        assert!(result.is_err(), "server accepted a client from an unknown root");
+        assert!(
+            result.is_err(),
+            "server accepted a client from an unknown root"
+        );
         assert!(recorder.seen.lock().unwrap().is_empty());
     })
     .await
@@ -106,9 +115,10 @@ async fn several_roots_are_trusted_during_rotation() {
     within(async {
         let old_ca = testing::ca();
         let new_ca = testing::ca();
-        let both =
-            TrustRoots::new([old_ca.roots().certificates(), new_ca.roots().certificates()].concat())
-                .unwrap();
+        let both = TrustRoots::new(
+            [old_ca.roots().certificates(), new_ca.roots().certificates()].concat(),
+        )
+        .unwrap();
         // The server already has a certificate from the new root; the client still has its old one.
         let server = Arc::new(testing::cert(&new_ca, "backend", "server").with_roots(both.clone()));
         let source = Arc::new(testing::cert(&old_ca, "frontend", "client").with_roots(both));
@@ -131,7 +141,9 @@ fn expired_cert(
     let now = OffsetDateTime::now_utc();
     let (chain, key) = testing::raw_leaf(
         ca,
-        vec![SanType::URI(testing::identity(ns, sa).to_string().try_into().unwrap())],
+        vec![SanType::URI(
+            testing::identity(ns, sa).to_string().try_into().unwrap(),
+        )],
         now - time::Duration::hours(2),
         now - time::Duration::hours(1),
     )
@@ -159,10 +171,12 @@ async fn expired_certificates_are_refused_both_ways() {
         let recorder = Recorder::default();
         let (hbone, _d2) = serve(&server, recorder.clone()).await;
         let expired_source = expired_cert(&ca, "frontend", "client");
-        assert!(client()
-            .connect(request(&expired_source, server.identity(), hbone, upstream))
-            .await
-            .is_err());
+        assert!(
+            client()
+                .connect(request(&expired_source, server.identity(), hbone, upstream))
+                .await
+                .is_err()
+        );
         assert!(recorder.seen.lock().unwrap().is_empty());
     })
     .await
@@ -175,7 +189,10 @@ async fn raw_connect(
     server: &WorkloadCertificate,
     client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<StatusCode, String> {
-    let verifier = SpiffeServerVerifier::new(server.roots().store().clone(), vec![server.identity().clone()]);
+    let verifier = SpiffeServerVerifier::new(
+        server.roots().store().clone(),
+        vec![server.identity().clone()],
+    );
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -193,9 +210,15 @@ async fn raw_connect(
         .map_err(|e| e.to_string())?;
     // In TLS 1.3 the server judges the client certificate after the client thinks it is done,
     // so a refusal shows up on the first exchange of HTTP/2 frames.
-    let (mut send, conn) = h2::client::handshake(tls).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) = h2::client::handshake(tls)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = Request::builder().method(Method::CONNECT).uri("127.0.0.1:1").body(()).unwrap();
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri("127.0.0.1:1")
+        .body(())
+        .unwrap();
     let (resp, _body) = send.send_request(req, false).map_err(|e| e.to_string())?;
     resp.await.map(|r| r.status()).map_err(|e| e.to_string())
 }
@@ -222,7 +245,10 @@ async fn clients_without_a_valid_spiffe_identity_are_refused() {
         let recorder = Recorder::default();
         let (hbone, _drain) = serve(&server, recorder.clone()).await;
         let now = OffsetDateTime::now_utc();
-        let (from, to) = (now - time::Duration::minutes(1), now + time::Duration::hours(1));
+        let (from, to) = (
+            now - time::Duration::minutes(1),
+            now + time::Duration::hours(1),
+        );
         let uri = |s: &str| SanType::URI(s.try_into().unwrap());
         let bad_sans = [
             vec![SanType::DnsName("client.example.com".try_into().unwrap())],
@@ -243,7 +269,13 @@ async fn clients_without_a_valid_spiffe_identity_are_refused() {
         assert!(recorder.seen.lock().unwrap().is_empty());
 
         // The same path with a valid identity does get through, so the refusals above are real.
-        let good = testing::raw_leaf(&ca, vec![uri("spiffe://cluster.local/ns/frontend/sa/client")], from, to).unwrap();
+        let good = testing::raw_leaf(
+            &ca,
+            vec![uri("spiffe://cluster.local/ns/frontend/sa/client")],
+            from,
+            to,
+        )
+        .unwrap();
         let outcome = raw_connect(hbone, &server, Some(good)).await;
         // 127.0.0.1:1 has no listener: the tunnel is refused by the handler, not by TLS.
         assert_eq!(outcome, Ok(StatusCode::SERVICE_UNAVAILABLE));

@@ -72,7 +72,12 @@ impl Setup {
         let source = testing::cert(&ca, "bench", "client");
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let config = Arc::new(server.server_config()?);
-        let srv = Server::new(listener, config, DialAuthority::default(), ServerSettings::default());
+        let srv = Server::new(
+            listener,
+            config,
+            DialAuthority::default(),
+            ServerSettings::default(),
+        );
         let hbone = srv.local_addr()?;
         let (trigger, watch) = drain::channel();
         tokio::spawn(srv.run(watch));
@@ -100,7 +105,9 @@ impl Setup {
         let config = Arc::new(self.source.client_config(&[self.server.identity().clone()]));
         let tcp = TcpStream::connect(addr).await?;
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        Ok(tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?)
+        Ok(tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?)
     }
 
     fn request(&self, authority: SocketAddr) -> ConnectRequest {
@@ -132,23 +139,39 @@ async fn run(args: Args) -> Result<()> {
 }
 
 async fn throughput_section(args: &Args, setup: &Setup, client: &Client) -> Result<()> {
-    println!("\n## Single-stream throughput ({} MiB per run)\n", args.bytes >> 20);
+    println!(
+        "\n## Single-stream throughput ({} MiB per run)\n",
+        args.bytes >> 20
+    );
     let sink = sink_server().await?;
     let table = Table::new(&["path", "Gbit/s", "vs plain TCP"]);
     let plain = throughput(TcpStream::connect(sink).await?, args.bytes).await?;
     table.row(&["plain TCP".into(), format!("{plain:.2}"), "100%".into()]);
     let tls = throughput(setup.tls_only(sink).await?, args.bytes).await?;
-    table.row(&["TLS only (no HTTP/2)".into(), format!("{tls:.2}"), format!("{:.0}%", tls / plain * 100.0)]);
+    table.row(&[
+        "TLS only (no HTTP/2)".into(),
+        format!("{tls:.2}"),
+        format!("{:.0}%", tls / plain * 100.0),
+    ]);
     let tunnel = throughput(client.connect(setup.request(sink)).await?, args.bytes).await?;
     let ratio = tunnel / plain;
-    table.row(&["HBONE tunnel".into(), format!("{tunnel:.2}"), format!("{:.0}%", ratio * 100.0)]);
-    println!("\ntarget: tunnel >= 40% of plain TCP: {}", verdict(ratio >= 0.40));
+    table.row(&[
+        "HBONE tunnel".into(),
+        format!("{tunnel:.2}"),
+        format!("{:.0}%", ratio * 100.0),
+    ]);
+    println!(
+        "\ntarget: tunnel >= 40% of plain TCP: {}",
+        verdict(ratio >= 0.40)
+    );
     Ok(())
 }
 
 async fn latency_section(args: &Args, setup: &Setup, client: &Client) -> Result<()> {
-
-    println!("\n## Request/response round trip, 64 bytes, {} round trips\n", args.round_trips);
+    println!(
+        "\n## Request/response round trip, 64 bytes, {} round trips\n",
+        args.round_trips
+    );
     let echo = echo_server().await?;
     let table = Table::new(&["path", "p50", "p99"]);
     let p = round_trips(TcpStream::connect(echo).await?, args.round_trips).await?;
@@ -164,7 +187,10 @@ async fn rate_section(args: &Args, setup: &Setup, client: &Client) -> Result<()>
     println!("\n## New connections ({} s per run)\n", args.rate_seconds);
     let window = Duration::from_secs(args.rate_seconds);
     let table = Table::new(&["what", "per second"]);
-    let plain = rate(window, || async { one_exchange(TcpStream::connect(echo).await?).await }).await?;
+    let plain = rate(window, || async {
+        one_exchange(TcpStream::connect(echo).await?).await
+    })
+    .await?;
     table.row(&["plain TCP connections".into(), format!("{plain:.0}")]);
     let fresh = rate(window, || async {
         // A client of its own each time: a new TCP connection and a full TLS handshake.
@@ -172,9 +198,18 @@ async fn rate_section(args: &Args, setup: &Setup, client: &Client) -> Result<()>
         one_exchange(client.connect(setup.request(echo)).await?).await
     })
     .await?;
-    table.row(&["HBONE tunnels, fresh TLS each".into(), format!("{fresh:.0}")]);
-    let pooled = rate(window, || async { one_exchange(client.connect(setup.request(echo)).await?).await }).await?;
-    table.row(&["HBONE streams on a pooled connection".into(), format!("{pooled:.0}")]);
+    table.row(&[
+        "HBONE tunnels, fresh TLS each".into(),
+        format!("{fresh:.0}"),
+    ]);
+    let pooled = rate(window, || async {
+        one_exchange(client.connect(setup.request(echo)).await?).await
+    })
+    .await?;
+    table.row(&[
+        "HBONE streams on a pooled connection".into(),
+        format!("{pooled:.0}"),
+    ]);
     Ok(())
 }
 
@@ -229,7 +264,9 @@ async fn throughput(mut s: impl AsyncRead + AsyncWrite + Unpin, bytes: u64) -> R
     }
     s.shutdown().await?;
     let mut ack = [0u8; 1];
-    s.read_exact(&mut ack).await.context("sink acknowledgement")?;
+    s.read_exact(&mut ack)
+        .await
+        .context("sink acknowledgement")?;
     Ok(sent as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
 }
 
@@ -284,7 +321,12 @@ mod aead {
     const ROUNDS: usize = 40_000;
 
     pub fn report() {
-        let table = Table::new(&["provider", "AES-128-GCM Gbit/s", "AES-256-GCM Gbit/s", "ChaCha20-Poly1305 Gbit/s"]);
+        let table = Table::new(&[
+            "provider",
+            "AES-128-GCM Gbit/s",
+            "AES-256-GCM Gbit/s",
+            "ChaCha20-Poly1305 Gbit/s",
+        ]);
         table.row(&[
             "aws-lc-rs".into(),
             gbit(lc(&aws_lc_rs::aead::AES_128_GCM)),

@@ -129,7 +129,11 @@ impl Client {
                     reason,
                 });
             }
-            return Ok(H2Stream::new(body, response.into_body(), Some(Box::new(lease))));
+            return Ok(H2Stream::new(
+                body,
+                response.into_body(),
+                Some(Box::new(lease)),
+            ));
         }
     }
 

@@ -18,7 +18,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use client::{Client, ClientSettings, ConnectRequest};
-pub use server::{Handler, InboundRequest, IncomingTunnel, Server, ServerCertificates, ServerSettings};
+pub use server::{
+    Handler, InboundRequest, IncomingTunnel, Server, ServerCertificates, ServerSettings,
+};
 pub use stream::H2Stream;
 
 use crate::tls::TlsError;
@@ -113,9 +115,11 @@ pub fn parse_forwarded_for(value: &str) -> Option<SocketAddr> {
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
         .and_then(|(_, v)| {
             let v = v.trim().trim_matches('"');
-            v.parse::<SocketAddr>()
-                .ok()
-                .or_else(|| v.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0)))
+            v.parse::<SocketAddr>().ok().or_else(|| {
+                v.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 0))
+            })
         })
 }
 

@@ -70,9 +70,7 @@ impl Connection {
 
     fn lease(&self) -> Lease {
         self.active.fetch_add(1, Ordering::AcqRel);
-        Lease {
-            conn: self.clone(),
-        }
+        Lease { conn: self.clone() }
     }
 }
 
@@ -162,7 +160,12 @@ impl Pool {
         let slots: Vec<Arc<Slot>> = self.slots.lock().expect("lock").values().cloned().collect();
         slots
             .iter()
-            .map(|s| s.conns.try_lock().map(|c| c.iter().filter(|c| c.usable()).count()).unwrap_or(0))
+            .map(|s| {
+                s.conns
+                    .try_lock()
+                    .map(|c| c.iter().filter(|c| c.usable()).count())
+                    .unwrap_or(0)
+            })
             .sum()
     }
 

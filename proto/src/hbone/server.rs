@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::server::SendResponse;
 use h2::RecvStream;
+use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -63,8 +63,11 @@ pub struct InboundRequest {
 
 /// Handles accepted tunnels: decides, connects upstream, then answers.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: InboundRequest, tunnel: IncomingTunnel)
-    -> impl Future<Output = ()> + Send;
+    fn handle(
+        &self,
+        req: InboundRequest,
+        tunnel: IncomingTunnel,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// A tunnel awaiting its answer. Answer with [`accept`](Self::accept) once the upstream is
@@ -95,7 +98,11 @@ impl IncomingTunnel {
 impl Drop for IncomingTunnel {
     fn drop(&mut self) {
         if let Some(respond) = self.respond.take() {
-            send_refusal(respond, StatusCode::SERVICE_UNAVAILABLE, "tunnel not handled");
+            send_refusal(
+                respond,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tunnel not handled",
+            );
         }
     }
 }
@@ -205,10 +212,9 @@ struct ConnectionTask<C, H> {
 
 impl<C: ServerCertificates, H: Handler> ConnectionTask<C, H> {
     async fn serve(self, tcp: TcpStream, peer: SocketAddr) -> Result<(), HboneError> {
-        let local = tcp.local_addr().map_err(|source| HboneError::Handshake {
-            addr: peer,
-            source,
-        })?;
+        let local = tcp
+            .local_addr()
+            .map_err(|source| HboneError::Handshake { addr: peer, source })?;
         let _ = tcp.set_nodelay(true);
         let settings = &self.settings;
         // Certificate lookup, TLS and the HTTP/2 preface all fall under one deadline, so a peer

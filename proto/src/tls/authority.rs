@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
@@ -26,7 +25,10 @@ pub enum CsrError {
     #[error("malformed CSR (not PEM, not PKCS#10, or its signature does not match its key): {0}")]
     Malformed(String),
     #[error("CSR must carry exactly one SAN, the URI {expected}; it carries {got:?}")]
-    SanMismatch { expected: Identity, got: Vec<String> },
+    SanMismatch {
+        expected: Identity,
+        got: Vec<String>,
+    },
     #[error("identity {got} is outside this CA's trust domain {expected}")]
     TrustDomain { got: Identity, expected: String },
     #[error("signing failed: {0}")]
@@ -106,7 +108,9 @@ impl CertificateAuthority {
             super::provider().signature_verification_algorithms.all,
         )
         .map_err(|e| {
-            TlsError::Certificate(format!("the CA's chain does not lead to root-cert.pem: {e}"))
+            TlsError::Certificate(format!(
+                "the CA's chain does not lead to root-cert.pem: {e}"
+            ))
         })?;
         Ok(probe)
     }
@@ -206,7 +210,10 @@ impl CertificateAuthority {
         let chain = self.with_chain(cert.der().clone());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let issued = WorkloadCertificate::new(chain, key, self.roots.clone())?;
-        debug_assert_eq!(identity_of(&issued.chain()[0]).ok().as_ref(), Some(identity));
+        debug_assert_eq!(
+            identity_of(&issued.chain()[0]).ok().as_ref(),
+            Some(identity)
+        );
         Ok(issued)
     }
 

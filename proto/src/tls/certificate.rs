@@ -170,12 +170,10 @@ impl WorkloadCertificate {
     /// A server config that presents this certificate and requires a client certificate chained
     /// to the roots with an identity in this certificate's trust domain.
     pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
-        let webpki = WebPkiClientVerifier::builder_with_provider(
-            self.roots.store().clone(),
-            provider(),
-        )
-        .build()
-        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let webpki =
+            WebPkiClientVerifier::builder_with_provider(self.roots.store().clone(), provider())
+                .build()
+                .map_err(|e| TlsError::Certificate(e.to_string()))?;
         let verifier = SpiffeClientVerifier::new(webpki, self.identity.trust_domain());
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(PROTOCOL_VERSIONS)

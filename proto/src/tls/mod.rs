@@ -78,4 +78,5 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// TLS 1.3 only: HBONE peers (Istio's ztunnel included) speak 1.3, and 1.2 would widen what an
 /// attacker can negotiate down to.
-pub(crate) static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+pub(crate) static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13];

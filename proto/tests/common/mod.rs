@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ambit_proto::Identity;
 use ambit_proto::drain;
 use ambit_proto::hbone::{
     Client, ClientSettings, ConnectRequest, Handler, InboundRequest, IncomingTunnel, Server,
@@ -13,7 +14,6 @@ use ambit_proto::hbone::{
 };
 use ambit_proto::testing::DialAuthority;
 use ambit_proto::tls::WorkloadCertificate;
-use ambit_proto::Identity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -25,7 +25,10 @@ pub async fn within<T>(fut: impl Future<Output = T>) -> T {
 }
 
 /// An HBONE server on loopback presenting `cert`, handing tunnels to `handler`.
-pub async fn serve<H: Handler>(cert: &WorkloadCertificate, handler: H) -> (SocketAddr, drain::Trigger) {
+pub async fn serve<H: Handler>(
+    cert: &WorkloadCertificate,
+    handler: H,
+) -> (SocketAddr, drain::Trigger) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = Arc::new(cert.server_config().unwrap());
     let server = Server::new(listener, config, handler, ServerSettings::default());
@@ -93,7 +96,10 @@ impl Handler for Recorder {
 }
 
 /// Writes `msg`, half-closes, and returns everything read back until EOF.
-pub async fn exchange(stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin), msg: &[u8]) -> Vec<u8> {
+pub async fn exchange(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    msg: &[u8],
+) -> Vec<u8> {
     stream.write_all(msg).await.unwrap();
     stream.shutdown().await.unwrap();
     let mut out = Vec::new();
