@@ -1,0 +1,10 @@
+//! Ambit's control plane, shaped source -> model -> translate -> push:
+//!
+//! - [`source`]: where objects come from (a watched YAML directory; the Kubernetes API);
+//! - [`model`]: the objects themselves and the [`model::ClusterState`] they form;
+//! - [`translate`]: the pure function from that state to the mesh's resources.
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub mod source;
+pub mod translate;

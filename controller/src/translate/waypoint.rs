@@ -1,0 +1,96 @@
+//! Which waypoint, if any, traffic to a service or a workload goes through.
+//!
+//! Istio's rules, which users already rely on:
+//! - `istio.io/use-waypoint: <gateway>` on a pod or service overrides the same label on its
+//!   namespace; the value `none` opts out; `istio.io/use-waypoint-namespace` names another
+//!   namespace for the gateway;
+//! - the gateway must exist and be of a waypoint class (`ambit-waypoint`, or `istio-waypoint`
+//!   so existing manifests carry over);
+//! - the waypoint's `istio.io/waypoint-for` (default `service`) says which traffic it takes:
+//!   traffic addressed to services, to workloads (pod IPs), `all`, or `none`;
+//! - a waypoint's own pods never use a waypoint (that would loop).
+
+use std::collections::BTreeMap;
+
+use ambit_proto::api;
+
+use crate::model::{self, ClusterState, Gateway};
+
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+pub const WAYPOINT_CLASSES: &[&str] = &["ambit-waypoint", "istio-waypoint"];
+/// Set by Gateway API implementations on a gateway's pods; marks waypoint pods.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    Service,
+    Workload,
+}
+
+pub fn is_waypoint(gw: &Gateway) -> bool {
+    WAYPOINT_CLASSES.contains(&gw.spec.gateway_class_name.as_str())
+}
+
+/// "service" (the default), "workload", "all" or "none".
+pub fn waypoint_for(gw: &Gateway) -> &str {
+    model::labels(&gw.metadata)
+        .get(WAYPOINT_FOR)
+        .map(String::as_str)
+        .unwrap_or("service")
+}
+
+fn serves(gw: &Gateway, traffic: Traffic) -> bool {
+    matches!(
+        (waypoint_for(gw), traffic),
+        ("all", _) | ("service", Traffic::Service) | ("workload", Traffic::Workload)
+    )
+}
+
+/// The waypoint for an object with `labels` in `namespace`, for `traffic`.
+pub fn resolve(
+    state: &ClusterState,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    traffic: Traffic,
+    cluster_domain: &str,
+) -> Option<api::GatewayAddress> {
+    let ns_labels = state
+        .namespace(namespace)
+        .map(|n| model::labels(&n.metadata));
+    // The object's own label wins; only if it has none does the namespace's apply.
+    let (name, gw_ns) = match labels.get(USE_WAYPOINT) {
+        Some(name) => (name, labels.get(USE_WAYPOINT_NAMESPACE)),
+        None => {
+            let ns_labels = ns_labels?;
+            (
+                ns_labels.get(USE_WAYPOINT)?,
+                ns_labels.get(USE_WAYPOINT_NAMESPACE),
+            )
+        }
+    };
+    if name == "none" || name.is_empty() {
+        return None;
+    }
+    let gw_ns = gw_ns.map(String::as_str).unwrap_or(namespace);
+    let gw = state.gateway(gw_ns, name)?;
+    if !is_waypoint(gw) || !serves(gw, traffic) {
+        return None;
+    }
+    Some(address(gw, cluster_domain))
+}
+
+/// Where a waypoint is reached: its Service's hostname, HBONE port.
+pub fn address(gw: &Gateway, cluster_domain: &str) -> api::GatewayAddress {
+    let ns = model::namespace(&gw.metadata);
+    api::GatewayAddress {
+        destination: Some(api::gateway_address::Destination::Hostname(
+            api::NamespacedHostname {
+                namespace: ns.to_string(),
+                hostname: format!("{}.{ns}.svc.{cluster_domain}", model::name(&gw.metadata)),
+            },
+        )),
+        hbone_mtls_port: u32::from(ambit_proto::hbone::HBONE_PORT),
+    }
+}
