@@ -2,9 +2,12 @@
 //!
 //! - [`source`]: where objects come from (a watched YAML directory; the Kubernetes API);
 //! - [`model`]: the objects themselves and the [`model::ClusterState`] they form;
-//! - [`translate`]: the pure function from that state to the mesh's resources.
+//! - [`translate`]: the pure function from that state to the mesh's resources;
+//! - [`push`]: the incremental config service that streams them to agents and waypoints.
 #![forbid(unsafe_code)]
 
 pub mod model;
+pub mod pipeline;
+pub mod push;
 pub mod source;
 pub mod translate;

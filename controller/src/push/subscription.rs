@@ -1,0 +1,186 @@
+//! One client's state for one resource type: what it subscribed to, what it holds (ACKed), and
+//! the one response in flight. Pure bookkeeping, no I/O, so the xDS rules are unit-testable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use ambit_proto::api;
+
+use super::resources::{Generation, Resources};
+
+/// A response sent and not yet answered.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub nonce: String,
+    pub generation: u64,
+    /// name -> new version (`None`: removed).
+    pub updates: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Subscription {
+    pub wildcard: bool,
+    pub names: BTreeSet<String>,
+    /// What the client holds: name -> version, as of its last ACK.
+    pub acked: HashMap<String, String>,
+    /// The generation `acked` is exactly in sync with (0: unknown, diff everything).
+    pub synced: u64,
+    pub in_flight: Option<InFlight>,
+    /// The first response of the stream is owed even when empty: it tells the client it is synced.
+    pub owes_initial: bool,
+    pub nacks: u64,
+    pub last_nack: Option<String>,
+    /// The generation the client last rejected: it is not offered again (that would loop on the
+    /// same NACK); the next generation is.
+    pub rejected: Option<u64>,
+}
+
+/// What to send.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub resources: Vec<Arc<api::Resource>>,
+    pub removed: Vec<String>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl Subscription {
+    /// Applies a request's subscription changes. `initial` carries what a reconnecting client
+    /// already holds.
+    pub fn subscribe(
+        &mut self,
+        subscribe: &[String],
+        unsubscribe: &[String],
+        initial: Option<&std::collections::HashMap<String, String>>,
+    ) {
+        if !subscribe.is_empty() || !unsubscribe.is_empty() {
+            // The set of wanted names changed: the next diff must look at everything.
+            self.synced = 0;
+        }
+        for name in subscribe {
+            if name == "*" {
+                self.wildcard = true;
+            } else {
+                self.names.insert(name.clone());
+            }
+        }
+        for name in unsubscribe {
+            if name == "*" {
+                self.wildcard = false;
+            } else {
+                self.names.remove(name);
+            }
+        }
+        if let Some(initial) = initial {
+            self.acked = initial
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            self.synced = 0;
+            self.owes_initial = true;
+        }
+    }
+
+    fn subscribed(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// What the client lacks relative to `generation`, given the names it may have (`allowed`:
+    /// `None` means every resource of the type).
+    pub fn delta(
+        &self,
+        generation: &Generation,
+        type_url: &str,
+        allowed: Option<&BTreeSet<String>>,
+    ) -> Delta {
+        let empty = Resources::new();
+        let resources = generation.resources(type_url).unwrap_or(&empty);
+        let desired = |name: &str| {
+            resources
+                .get(name)
+                .filter(|_| self.subscribed(name) && allowed.is_none_or(|a| a.contains(name)))
+        };
+        // One generation behind: only what changed can differ. Filters on other types
+        // (authorizations) make that shortcut unsafe, so those always diff in full.
+        let incremental =
+            self.synced != 0 && self.synced + 1 == generation.number && allowed.is_none();
+        let candidates: BTreeSet<&str> = if incremental {
+            generation
+                .changed
+                .get(type_url)
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect()
+        } else {
+            resources
+                .keys()
+                .map(String::as_str)
+                .chain(self.acked.keys().map(String::as_str))
+                .collect()
+        };
+        let mut delta = Delta::default();
+        for name in candidates {
+            match (desired(name), self.acked.get(name)) {
+                (Some(r), Some(held)) if r.version == *held => {}
+                (Some(r), _) => delta.resources.push(r.clone()),
+                (None, Some(_)) => delta.removed.push(name.to_string()),
+                (None, None) => {}
+            }
+        }
+        delta
+    }
+
+    pub fn sent(&mut self, nonce: String, generation: u64, delta: &Delta) {
+        let mut updates: Vec<(String, Option<String>)> = delta
+            .resources
+            .iter()
+            .map(|r| (r.name.clone(), Some(r.version.clone())))
+            .collect();
+        updates.extend(delta.removed.iter().map(|n| (n.clone(), None)));
+        self.in_flight = Some(InFlight {
+            nonce,
+            generation,
+            updates,
+        });
+        self.owes_initial = false;
+    }
+
+    /// The client answered `nonce`. Returns the generation it acknowledged, on an ACK.
+    pub fn answered(&mut self, nonce: &str, error: Option<&api::ErrorDetail>) -> Option<u64> {
+        let in_flight = self.in_flight.take_if(|f| f.nonce == nonce)?;
+        match error {
+            None => {
+                for (name, version) in in_flight.updates {
+                    match version {
+                        Some(v) => self.acked.insert(name, v),
+                        None => self.acked.remove(&name),
+                    };
+                }
+                self.synced = in_flight.generation;
+                Some(in_flight.generation)
+            }
+            Some(e) => {
+                // The client kept its previous config: `acked` stays as it was, and the next
+                // generation is diffed in full against it.
+                self.nacks += 1;
+                self.last_nack = Some(e.message.clone());
+                self.synced = 0;
+                self.rejected = Some(in_flight.generation);
+                None
+            }
+        }
+    }
+
+    /// A summary for the debug dump.
+    pub fn held(&self) -> BTreeMap<String, String> {
+        self.acked
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
