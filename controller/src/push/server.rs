@@ -167,11 +167,11 @@ impl ClientStream {
         info!(role = ?self.interest, "config client connected");
         let mut next = Some(first);
         loop {
-            if let Some(req) = next.take() {
-                if let Err(status) = self.handle(req) {
-                    let _ = self.tx.send(Err(status)).await;
-                    break;
-                }
+            if let Some(req) = next.take()
+                && let Err(status) = self.handle(req)
+            {
+                let _ = self.tx.send(Err(status)).await;
+                break;
             }
             if self.push().await.is_err() {
                 break; // the client is gone
