@@ -3,9 +3,11 @@
 //! - [`source`]: where objects come from (a watched YAML directory; the Kubernetes API);
 //! - [`model`]: the objects themselves and the [`model::ClusterState`] they form;
 //! - [`translate`]: the pure function from that state to the mesh's resources;
-//! - [`push`]: the incremental config service that streams them to agents and waypoints.
+//! - [`push`]: the incremental config service that streams them to agents and waypoints;
+//! - [`ca`]: the mesh CA service, which signs only identities a caller may hold.
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod model;
 pub mod pipeline;
 pub mod push;

@@ -1,0 +1,165 @@
+//! The mesh CA as a gRPC service: authenticate the caller, check it may hold the identity it asks
+//! for, sign its CSR.
+//!
+//! A node agent may obtain the identity of any workload currently scheduled on its node, and
+//! nothing else; a waypoint only its own (`ns/<gateway namespace>/sa/<gateway name>`). "Currently
+//! scheduled" is read from the newest published config, so a pod deleted or moved stops being
+//! signable at once.
+
+pub mod auth;
+pub mod store;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_proto::Identity;
+use ambit_proto::api::certificate_service_server::CertificateService;
+use ambit_proto::api::{
+    CreateCertificateRequest, CreateCertificateResponse, resource::Kind, type_url,
+};
+use ambit_proto::tls::authority::CertificateAuthority;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::push::Generation;
+use auth::{Authenticator, Caller, bearer};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone)]
+pub struct CaMetrics {
+    pub issued: Counter,
+    pub denied: Family<ReasonLabel, Counter>,
+}
+
+impl CaMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = CaMetrics {
+            issued: Counter::default(),
+            denied: Family::default(),
+        };
+        registry.register(
+            "ca_certificates_issued",
+            "Workload certificates signed",
+            m.issued.clone(),
+        );
+        registry.register(
+            "ca_certificates_denied",
+            "Certificate requests refused, by reason",
+            m.denied.clone(),
+        );
+        m
+    }
+}
+
+pub struct CaService {
+    authority: Arc<CertificateAuthority>,
+    auth: Arc<dyn Authenticator>,
+    generations: watch::Receiver<Arc<Generation>>,
+    default_ttl: Duration,
+    max_ttl: Duration,
+    metrics: CaMetrics,
+}
+
+impl CaService {
+    pub fn new(
+        authority: Arc<CertificateAuthority>,
+        auth: Arc<dyn Authenticator>,
+        generations: watch::Receiver<Arc<Generation>>,
+        default_ttl: Duration,
+        metrics: CaMetrics,
+    ) -> Self {
+        CaService {
+            authority,
+            auth,
+            generations,
+            default_ttl,
+            // Callers may ask for less, never for more than the configured lifetime.
+            max_ttl: default_ttl,
+            metrics,
+        }
+    }
+
+    fn deny(&self, reason: &'static str, status: Status) -> Status {
+        self.metrics
+            .denied
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        warn!(reason, "certificate request refused: {}", status.message());
+        status
+    }
+
+    fn may_hold(&self, caller: &Caller, id: &Identity) -> bool {
+        match caller {
+            Caller::Waypoint { namespace, name } => {
+                id.namespace() == namespace && id.service_account() == name
+            }
+            Caller::NodeAgent { node } => {
+                let generation = self.generations.borrow();
+                generation
+                    .resources(type_url::WORKLOAD)
+                    .into_iter()
+                    .flat_map(|w| w.values())
+                    .any(|r| match &r.kind {
+                        Some(Kind::Workload(w)) => {
+                            w.node == *node
+                                && w.namespace == id.namespace()
+                                && w.service_account == id.service_account()
+                                && w.trust_domain == id.trust_domain()
+                        }
+                        _ => false,
+                    })
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<CreateCertificateRequest>,
+    ) -> Result<Response<CreateCertificateResponse>, Status> {
+        let caller = bearer(request.metadata())
+            .and_then(|t| self.auth.authenticate(t))
+            .map_err(|e| self.deny("unauthenticated", Status::unauthenticated(e.to_string())))?;
+        let req = request.into_inner();
+        let identity = Identity::from_str(&req.identity)
+            .map_err(|e| self.deny("bad_request", Status::invalid_argument(e.to_string())))?;
+        if !self.may_hold(&caller, &identity) {
+            return Err(self.deny(
+                "not_authorized",
+                Status::permission_denied(format!(
+                    "{caller:?} may not obtain {identity}: no such workload is scheduled on its node"
+                )),
+            ));
+        }
+        let ttl = match req.validity_seconds {
+            s if s > 0 => Duration::from_secs(s as u64).min(self.max_ttl),
+            _ => self.default_ttl,
+        };
+        let chain = self
+            .authority
+            .sign_csr(&req.csr, &identity, ttl)
+            .map_err(|e| self.deny("bad_csr", Status::invalid_argument(e.to_string())))?;
+        self.metrics.issued.inc();
+        info!(%identity, ?caller, ttl_secs = ttl.as_secs(), "certificate issued");
+        Ok(Response::new(CreateCertificateResponse {
+            cert_chain: chain.iter().map(|c| pem_cert(c)).collect(),
+            trust_roots: self.authority.roots().to_pem(),
+        }))
+    }
+}
+
+fn pem_cert(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der))
+}
