@@ -7,7 +7,10 @@
 //! - [`ca`]: the mesh CA service, which signs only identities a caller may hold.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod ca;
+pub mod config;
 pub mod model;
 pub mod pipeline;
 pub mod push;

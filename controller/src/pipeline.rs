@@ -13,13 +13,21 @@ use crate::model::ClusterState;
 use crate::push::Generation;
 use crate::translate::{Settings, translate};
 
-/// Publishes a generation for the current state and for every change after it, until the state
-/// sender is dropped. Identical translations publish nothing.
+/// Waits until the source has delivered its first complete state (`source_ready`), then publishes
+/// a generation for it and for every change after it, until the state sender is dropped.
+/// Identical translations publish nothing.
+///
+/// Waiting matters: a generation translated from the empty initial state would make the
+/// controller look ready and tell agents the mesh is empty.
 pub async fn run(
     mut states: watch::Receiver<ClusterState>,
+    mut source_ready: watch::Receiver<bool>,
     settings: Settings,
     generations: watch::Sender<Arc<Generation>>,
 ) {
+    if source_ready.wait_for(|ready| *ready).await.is_err() {
+        return;
+    }
     loop {
         let since = Instant::now();
         // Translating under the borrow avoids copying 10k pods; the source waits at most one

@@ -3,12 +3,14 @@
 //! - [`api`]: the protobuf messages and gRPC services (config discovery, certificates);
 //! - [`identity`]: SPIFFE workload identities;
 //! - [`tls`]: SPIFFE mTLS configurations and the certificate authority's signing half;
+//! - [`grpc`]: gRPC with the control plane over SPIFFE-verified TLS;
 //! - [`hbone`]: HBONE, mTLS HTTP/2 CONNECT tunnels on port 15008, wire-compatible with Istio;
 //! - [`relay`]: splicing two streams with half-close;
 //! - [`drain`]: graceful shutdown shared by every server.
 #![forbid(unsafe_code)]
 
 pub mod drain;
+pub mod grpc;
 pub mod hbone;
 pub mod identity;
 pub mod net;

@@ -187,6 +187,36 @@ impl WorkloadCertificate {
     }
 }
 
+impl WorkloadCertificate {
+    /// A server config for the control plane: the same certificate, but no client certificate
+    /// asked for, because agents reach the CA before they hold any certificate. Callers are
+    /// authenticated by bearer token instead.
+    pub fn control_plane_server_config(&self) -> ServerConfig {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(PROTOCOL_VERSIONS)
+            .expect("provider supports TLS 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SingleKey(self.key.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config
+    }
+}
+
+/// A client config for reaching the control plane: verifies the server's chain against `roots`
+/// and its identity against `expected`, presents no certificate.
+pub fn control_plane_client_config(roots: &TrustRoots, expected: &Identity) -> ClientConfig {
+    let verifier = SpiffeServerVerifier::new(roots.store().clone(), vec![expected.clone()]);
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .expect("provider supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.enable_sni = false;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config
+}
+
 impl fmt::Debug for WorkloadCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkloadCertificate")

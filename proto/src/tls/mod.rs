@@ -18,7 +18,9 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 
-pub use certificate::{TrustRoots, WorkloadCertificate, identity_of, peer_identity};
+pub use certificate::{
+    TrustRoots, WorkloadCertificate, control_plane_client_config, identity_of, peer_identity,
+};
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 use crate::identity::{Identity, IdentityError};

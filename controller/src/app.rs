@@ -1,0 +1,191 @@
+//! Wiring: source -> pipeline -> gRPC (config + CA) and admin, and shutdown.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ambit_proto::api::certificate_service_server::CertificateServiceServer;
+use ambit_proto::api::config_discovery_service_server::ConfigDiscoveryServiceServer;
+use ambit_proto::tls::authority::CertificateAuthority;
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::ca::auth::{Caller, TokenFiles};
+use crate::ca::{CaMetrics, CaService, store};
+use crate::config::Config;
+use crate::model::{self, ClusterState};
+use crate::pipeline;
+use crate::push::{ConfigServer, Generation, PushMetrics};
+use crate::source::standalone::{self, Directory, LoadReport};
+use crate::translate::waypoint;
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let authority = Arc::new(
+        store::load_or_generate(&config.ca_dir(), &config.trust_domain, config.root_ttl)
+            .context("loading the CA")?,
+    );
+    let tokens = Arc::new(
+        TokenFiles::open(config.data_dir.join("tokens")).context("opening the token directory")?,
+    );
+
+    let (states_tx, states) = watch::channel(ClusterState::new());
+    let (reports_tx, reports) = watch::channel(LoadReport::default());
+    let (ready_tx, source_ready) = watch::channel(false);
+    match &config.manifests {
+        Some(dir) => {
+            let mut reports_rx = reports.clone();
+            tokio::spawn(standalone::watch(
+                Directory::new(dir),
+                config.reload_interval,
+                states_tx,
+                reports_tx,
+            ));
+            tokio::spawn(async move {
+                if reports_rx.changed().await.is_ok() {
+                    ready_tx.send_replace(true);
+                }
+            });
+        }
+        None => anyhow::bail!("Kubernetes mode is not wired into the binary yet; use --manifests"),
+    }
+    tokio::spawn(keep_tokens(states.clone(), tokens.clone()));
+
+    let (generations_tx, generations) = watch::channel(Arc::new(Generation::empty()));
+    tokio::spawn(pipeline::run(
+        states,
+        source_ready.clone(),
+        config.translation(),
+        generations_tx,
+    ));
+
+    let mut registry = Registry::with_prefix("ambit_controller");
+    let config_server = ConfigServer::new(generations.clone(), PushMetrics::new(&mut registry));
+    let ca = CaService::new(
+        authority.clone(),
+        tokens,
+        generations.clone(),
+        config.cert_ttl,
+        CaMetrics::new(&mut registry),
+    );
+
+    let admin_state = AdminState {
+        registry: Arc::new(Mutex::new(registry)),
+        generations,
+        source_ready,
+        reports,
+        config_server: config_server.clone(),
+    };
+    let admin_listener = std::net::TcpListener::bind(config.admin_addr)
+        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
+    admin_listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("admin runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(admin_listener).expect("admin listener");
+                if let Err(e) = axum::serve(listener, admin::router(admin_state)).await {
+                    warn!("admin server stopped: {e}");
+                }
+            });
+        })?;
+
+    let server_configs = own_certificate(&config, authority)?;
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+    info!(grpc = %config.grpc_addr, admin = %config.admin_addr, "controller serving");
+    tonic::transport::Server::builder()
+        .add_service(ConfigDiscoveryServiceServer::new(config_server))
+        .add_service(CertificateServiceServer::new(ca))
+        .serve_with_incoming_shutdown(
+            ambit_proto::grpc::incoming(listener, server_configs),
+            shutdown,
+        )
+        .await
+        .context("gRPC server")?;
+    info!("controller stopped");
+    Ok(())
+}
+
+/// The controller's own TLS certificate, re-issued at half its life so it never expires while
+/// serving.
+fn own_certificate(
+    config: &Config,
+    authority: Arc<CertificateAuthority>,
+) -> anyhow::Result<watch::Receiver<Arc<rustls::ServerConfig>>> {
+    let identity = config.controller_identity()?;
+    let lifetime = config.cert_ttl;
+    let issue = move || -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let cert = authority.issue(&identity, lifetime)?;
+        Ok(Arc::new(cert.control_plane_server_config()))
+    };
+    let (tx, rx) = watch::channel(issue()?);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(lifetime / 2).await;
+            match issue() {
+                Ok(c) => {
+                    tx.send_replace(c);
+                    info!("controller certificate rotated");
+                }
+                Err(e) => warn!("controller certificate rotation failed, retrying: {e}"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Keeps one token file per node and per waypoint that the config names.
+async fn keep_tokens(mut states: watch::Receiver<ClusterState>, tokens: Arc<TokenFiles>) {
+    loop {
+        let callers: Vec<Caller> = {
+            let state = states.borrow_and_update();
+            let mut callers: Vec<Caller> = state
+                .pods()
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .chain(
+                    state
+                        .iter()
+                        .filter(|(k, _)| k.kind == model::Kind::Node)
+                        .map(|(k, _)| k.name.clone()),
+                )
+                .map(|node| Caller::NodeAgent { node })
+                .collect();
+            callers.extend(
+                state
+                    .gateways()
+                    .filter(|g| waypoint::is_waypoint(g))
+                    .map(|g| Caller::Waypoint {
+                        namespace: model::namespace(&g.metadata).to_string(),
+                        name: model::name(&g.metadata).to_string(),
+                    }),
+            );
+            callers.sort();
+            callers.dedup();
+            callers
+        };
+        if let Err(e) = tokens.ensure(&callers) {
+            warn!("writing token files: {e}");
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+        // Coalesce bursts of changes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

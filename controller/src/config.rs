@@ -1,0 +1,193 @@
+//! Every setting of the controller: its flag, its environment variable, its default, and the
+//! checks across them. Bad settings are all reported at once and the process exits with status 64
+//! (EX_USAGE), before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ambit_proto::Identity;
+use clap::Parser;
+
+use crate::translate::Settings;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ambit-controller",
+    version,
+    about = "Ambit's control plane and mesh CA"
+)]
+pub struct Config {
+    /// Standalone mode: serve the Kubernetes YAML in this directory, watched live.
+    #[arg(long, env = "AMBIT_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+    /// Kubernetes mode: watch the API server (in-cluster config or KUBECONFIG).
+    #[arg(long, env = "AMBIT_KUBERNETES", default_value_t = false)]
+    pub kubernetes: bool,
+    /// Where the CA and the per-node tokens live (standalone).
+    #[arg(
+        long,
+        env = "AMBIT_DATA_DIR",
+        default_value = "/var/lib/ambit/controller"
+    )]
+    pub data_dir: PathBuf,
+    /// The CA directory (Istio plug-in layout); defaults to <data-dir>/ca.
+    #[arg(long, env = "AMBIT_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Policies here without a selector apply mesh-wide.
+    #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+    /// The namespace the controller runs in: its identity is ns/<this>/sa/ambit-controller.
+    #[arg(
+        long,
+        env = "AMBIT_CONTROLLER_NAMESPACE",
+        default_value = "ambit-system"
+    )]
+    pub controller_namespace: String,
+    #[arg(long, env = "AMBIT_CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    #[arg(long, env = "AMBIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Config (xDS) and CA gRPC, over TLS. 15012 is istiod's port for the same.
+    #[arg(long, env = "AMBIT_GRPC_ADDR", default_value = "0.0.0.0:15012")]
+    pub grpc_addr: SocketAddr,
+    /// Readiness, metrics and debug endpoints (plain HTTP; keep it on a private address).
+    #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15014")]
+    pub admin_addr: SocketAddr,
+    /// Lifetime of workload certificates.
+    #[arg(long, env = "AMBIT_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+    /// Lifetime of a generated root CA.
+    #[arg(long, env = "AMBIT_ROOT_TTL", default_value = "87600h", value_parser = parse_duration)]
+    pub root_ttl: Duration,
+    /// How often the manifest directory is checked for changes.
+    #[arg(long, env = "AMBIT_RELOAD_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+}
+
+/// "90s", "15m", "24h", "200ms".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m or 24h"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+impl Config {
+    /// Cross-field checks. Returns every problem, not just the first.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        match (&self.manifests, self.kubernetes) {
+            (None, false) => {
+                errors.push("choose a source: --manifests DIR (standalone) or --kubernetes".into())
+            }
+            (Some(_), true) => {
+                errors.push("--manifests and --kubernetes are mutually exclusive".into())
+            }
+            (Some(dir), false) if !dir.is_dir() => {
+                errors.push(format!("--manifests {}: not a directory", dir.display()))
+            }
+            _ => {}
+        }
+        if let Err(e) = self.controller_identity() {
+            errors.push(format!("--trust-domain / --controller-namespace: {e}"));
+        }
+        if self.cert_ttl < Duration::from_secs(60)
+            || self.cert_ttl > Duration::from_secs(90 * 24 * 3600)
+        {
+            errors.push(format!(
+                "--cert-ttl {:?}: must be between 1m and 2160h (90 days)",
+                self.cert_ttl
+            ));
+        }
+        if self.root_ttl <= self.cert_ttl {
+            errors.push("--root-ttl must be longer than --cert-ttl".into());
+        }
+        if self.reload_interval < Duration::from_millis(10) {
+            errors.push("--reload-interval must be at least 10ms".into());
+        }
+        if self.grpc_addr == self.admin_addr {
+            errors.push("--grpc-addr and --admin-addr must differ".into());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn controller_identity(&self) -> Result<Identity, ambit_proto::identity::IdentityError> {
+        Identity::new(
+            &self.trust_domain,
+            &self.controller_namespace,
+            "ambit-controller",
+        )
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.ca_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ca"))
+    }
+
+    pub fn translation(&self) -> Settings {
+        Settings {
+            trust_domain: self.trust_domain.clone(),
+            root_namespace: self.root_namespace.clone(),
+            cluster_id: self.cluster_id.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("ambit-controller").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let config = parse(&[
+            "--kubernetes",
+            "--manifests",
+            "/nonexistent",
+            "--trust-domain",
+            "Bad Domain",
+            "--cert-ttl",
+            "10s",
+            "--grpc-addr",
+            "127.0.0.1:1",
+            "--admin-addr",
+            "127.0.0.1:1",
+        ]);
+        let errors = config.validate().unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        let dir = tempfile::tempdir().unwrap();
+        let good = parse(&["--manifests", dir.path().to_str().unwrap()]);
+        assert_eq!(good.validate(), Ok(()));
+    }
+}
