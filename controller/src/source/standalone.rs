@@ -39,6 +39,18 @@ pub enum SourceError {
 pub struct Directory {
     root: PathBuf,
     last_good: BTreeMap<PathBuf, BTreeMap<ObjectRef, Object>>,
+    /// Each file's parse, kept while its length and mtime are unchanged: a change to one file of a
+    /// 10k-pod directory re-parses that file only.
+    parsed: BTreeMap<PathBuf, CachedParse>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedParse {
+    len: u64,
+    modified: Option<SystemTime>,
+    objects: BTreeMap<ObjectRef, Object>,
+    errors: Vec<DocumentError>,
+    ignored: usize,
 }
 
 impl Directory {
@@ -46,6 +58,7 @@ impl Directory {
         Directory {
             root: root.into(),
             last_good: BTreeMap::new(),
+            parsed: BTreeMap::new(),
         }
     }
 
@@ -58,36 +71,55 @@ impl Directory {
         let mut report = LoadReport::default();
         let files = manifest_files(&self.root)?;
         let mut next: BTreeMap<PathBuf, BTreeMap<ObjectRef, Object>> = BTreeMap::new();
+        let mut parsed_now = BTreeMap::new();
         for path in files {
             report.files += 1;
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    // Unreadable now (mid-write, permissions): keep what it held.
-                    warn!(file = %path.display(), "cannot read manifest: {e}");
-                    if let Some(prev) = self.last_good.get(&path) {
-                        next.insert(path, prev.clone());
+            let meta = std::fs::metadata(&path).ok();
+            let (len, modified) = (
+                meta.as_ref().map_or(0, |m| m.len()),
+                meta.and_then(|m| m.modified().ok()),
+            );
+            let cached = self
+                .parsed
+                .remove(&path)
+                .filter(|c| c.len == len && c.modified == modified);
+            let parse = match cached {
+                Some(c) => c,
+                None => match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        let p = parse_file(&path, &text);
+                        CachedParse {
+                            len,
+                            modified,
+                            objects: p.objects.into_iter().map(|o| (o.object_ref(), o)).collect(),
+                            errors: p.errors,
+                            ignored: p.ignored,
+                        }
                     }
-                    continue;
-                }
+                    Err(e) => {
+                        // Unreadable now (mid-write, permissions): keep what it held.
+                        warn!(file = %path.display(), "cannot read manifest: {e}");
+                        if let Some(prev) = self.last_good.get(&path) {
+                            next.insert(path, prev.clone());
+                        }
+                        continue;
+                    }
+                },
             };
-            let parsed = parse_file(&path, &text);
-            report.ignored += parsed.ignored;
-            let mut objects: BTreeMap<ObjectRef, Object> = parsed
-                .objects
-                .into_iter()
-                .map(|o| (o.object_ref(), o))
-                .collect();
-            if !parsed.errors.is_empty() {
+            report.ignored += parse.ignored;
+            let mut objects = parse.objects.clone();
+            if !parse.errors.is_empty() {
                 if let Some(prev) = self.last_good.get(&path) {
                     for (key, object) in prev {
                         objects.entry(key.clone()).or_insert_with(|| object.clone());
                     }
                 }
-                report.errors.extend(parsed.errors);
+                report.errors.extend(parse.errors.iter().cloned());
             }
+            parsed_now.insert(path.clone(), parse);
             next.insert(path, objects);
         }
+        self.parsed = parsed_now;
         let mut state = ClusterState::new();
         let mut seen = BTreeSet::new();
         for (path, objects) in &next {
