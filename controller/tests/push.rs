@@ -196,6 +196,14 @@ impl Client {
     }
 }
 
+/// The addresses of the first resource of `r`, which must be a workload.
+fn addresses(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    match &r.resources[0].kind {
+        Some(api::resource::Kind::Workload(w)) => w.addresses.clone(),
+        other => panic!("expected a workload, got {other:?}"),
+    }
+}
+
 fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
     r.resources.iter().map(|r| r.name.as_str()).collect()
 }
@@ -236,10 +244,7 @@ async fn snapshot_then_only_changes_then_removals() {
     let r = c.recv().await;
     assert_eq!(r.type_url, type_url::WORKLOAD);
     assert_eq!(names(&r), ["Kubernetes//Pod/shop/cart"]);
-    match &r.resources[0].kind {
-        Some(api::resource::Kind::Workload(w)) => assert_eq!(w.addresses, ["10.244.1.9"]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(addresses(&r), ["10.244.1.9"]);
     c.ack(&r).await;
 
     // Delete it: a removal, nothing else.
@@ -308,10 +313,7 @@ async fn nothing_new_is_sent_until_the_last_response_is_answered_and_nack_keeps_
         ["Kubernetes//Pod/shop/cart"],
         "the newest state, once"
     );
-    match &r2.resources[0].kind {
-        Some(api::resource::Kind::Workload(w)) => assert_eq!(w.addresses, ["10.244.1.8"]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(addresses(&r2), ["10.244.1.8"]);
     assert!(
         mesh.metrics()
             .contains("xds_nacks_total{type_url=\"type.ambit.dev/ambit.v1.Workload\"} 1"),
@@ -405,10 +407,7 @@ async fn a_slow_client_does_not_hold_up_the_others() {
     let r = slow.recv().await;
     slow.ack(&r).await;
     let r = slow.recv().await;
-    match &r.resources[0].kind {
-        Some(api::resource::Kind::Workload(w)) => assert_eq!(w.addresses, ["10.244.1.29"]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(addresses(&r), ["10.244.1.29"]);
 }
 
 #[tokio::test]

@@ -51,9 +51,7 @@ async fn hashing_upstream() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gibibyte_arrives_intact() {
     within(async {
-        let ca = testing::ca();
-        let server = testing::cert(&ca, "backend", "server");
-        let source = testing::cert(&ca, "frontend", "client");
+        let Pair { server, source, .. } = Pair::new();
         let (hbone, _drain) = serve(&server, DialAuthority::default()).await;
         let upstream = hashing_upstream().await;
         let mut tunnel = client()
@@ -82,9 +80,7 @@ async fn one_gibibyte_arrives_intact() {
 #[tokio::test]
 async fn half_close_works_in_both_directions() {
     within(async {
-        let ca = testing::ca();
-        let server = testing::cert(&ca, "backend", "server");
-        let source = testing::cert(&ca, "frontend", "client");
+        let Pair { server, source, .. } = Pair::new();
         let (hbone, _drain) = serve(&server, DialAuthority::default()).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = listener.local_addr().unwrap();
@@ -130,9 +126,7 @@ async fn half_close_works_in_both_directions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_streams_share_one_connection() {
     within(async {
-        let ca = testing::ca();
-        let server = testing::cert(&ca, "backend", "server");
-        let source = testing::cert(&ca, "frontend", "client");
+        let Pair { server, source, .. } = Pair::new();
         let recorder = Recorder::default();
         let (hbone, _drain) = serve(&server, recorder.clone()).await;
         let upstream = echo_upstream().await;
@@ -180,9 +174,7 @@ async fn hundred_concurrent_streams_share_one_connection() {
 #[tokio::test]
 async fn upstream_refused_is_an_error_status_not_a_hang() {
     within(async {
-        let ca = testing::ca();
-        let server = testing::cert(&ca, "backend", "server");
-        let source = testing::cert(&ca, "frontend", "client");
+        let Pair { server, source, .. } = Pair::new();
         let (hbone, _drain) = serve(&server, DialAuthority::default()).await;
         let err = client()
             .connect(request(
@@ -229,9 +221,7 @@ async fn hbone_server_that_is_down_is_a_connect_failure() {
 #[tokio::test]
 async fn garbage_peers_are_dropped_and_others_keep_being_served() {
     within(async {
-        let ca = testing::ca();
-        let server = testing::cert(&ca, "backend", "server");
-        let source = testing::cert(&ca, "frontend", "client");
+        let Pair { server, source, .. } = Pair::new();
         let (hbone, _drain) = serve(&server, DialAuthority::default()).await;
         let upstream = echo_upstream().await;
         let client = client();
@@ -312,9 +302,7 @@ async fn silent_peer_is_cut_off_at_the_handshake_deadline() {
 #[tokio::test]
 async fn drain_stops_accepting_and_lets_open_tunnels_finish() {
     within(async {
-        let ca = testing::ca();
-        let server = testing::cert(&ca, "backend", "server");
-        let source = testing::cert(&ca, "frontend", "client");
+        let Pair { server, source, .. } = Pair::new();
         let (hbone, trigger) = serve(&server, DialAuthority::default()).await;
         let upstream = echo_upstream().await;
         let client = client();
@@ -348,9 +336,7 @@ async fn drain_stops_accepting_and_lets_open_tunnels_finish() {
 #[tokio::test]
 async fn malformed_connect_requests_get_4xx_and_the_connection_survives() {
     within(async {
-        let ca = testing::ca();
-        let server = testing::cert(&ca, "backend", "server");
-        let source = testing::cert(&ca, "frontend", "client");
+        let Pair { server, source, .. } = Pair::new();
         let (hbone, _drain) = serve(&server, DialAuthority::default()).await;
         let upstream = echo_upstream().await;
 

@@ -18,9 +18,7 @@ use tokio_rustls::TlsConnector;
 #[tokio::test]
 async fn round_trip_carries_identities_and_forwarded() {
     within(async {
-        let ca = testing::ca();
-        let server = testing::cert(&ca, "backend", "server");
-        let source = testing::cert(&ca, "frontend", "client");
+        let Pair { server, source, .. } = Pair::new();
         let recorder = Recorder::default();
         let (hbone, _drain) = serve(&server, recorder.clone()).await;
         let upstream = echo_upstream().await;
@@ -51,9 +49,7 @@ async fn round_trip_carries_identities_and_forwarded() {
 #[tokio::test]
 async fn wrong_server_identity_is_refused() {
     within(async {
-        let ca = testing::ca();
-        let server = testing::cert(&ca, "backend", "server");
-        let source = testing::cert(&ca, "frontend", "client");
+        let Pair { server, source, .. } = Pair::new();
         let (hbone, _drain) = serve(&server, DialAuthority::default()).await;
         let upstream = echo_upstream().await;
 

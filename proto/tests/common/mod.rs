@@ -17,6 +17,22 @@ use ambit_proto::tls::WorkloadCertificate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// A CA and two certificates from it: a server `backend/server` and a client `frontend/client`.
+pub struct Pair {
+    pub ca: ambit_proto::tls::authority::CertificateAuthority,
+    pub server: Arc<WorkloadCertificate>,
+    pub source: Arc<WorkloadCertificate>,
+}
+
+impl Pair {
+    pub fn new() -> Self {
+        let ca = ambit_proto::testing::ca();
+        let server = ambit_proto::testing::cert(&ca, "backend", "server");
+        let source = ambit_proto::testing::cert(&ca, "frontend", "client");
+        Pair { ca, server, source }
+    }
+}
+
 /// Fails the test instead of hanging it; not a performance assertion.
 pub async fn within<T>(fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(120), fut)
