@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::model::{self, ClusterState};
 use crate::pipeline;
 use crate::push::{ConfigServer, Generation, PushMetrics};
+use crate::source::kubernetes::KubernetesSource;
 use crate::source::standalone::{self, Directory, LoadReport};
 use crate::translate::waypoint;
 
@@ -53,7 +54,19 @@ pub async fn run(
                 }
             });
         }
-        None => anyhow::bail!("Kubernetes mode is not wired into the binary yet; use --manifests"),
+        None => {
+            // Validation guarantees --kubernetes here. Until TokenReview authentication exists
+            // the CA knows only the token files, so on a cluster it refuses every caller (fails
+            // closed) while config is served.
+            let source = KubernetesSource::try_default()
+                .await
+                .context("connecting to Kubernetes")?;
+            tokio::spawn(async move {
+                if let Err(e) = source.run(states_tx, ready_tx).await {
+                    warn!("Kubernetes source stopped: {e}");
+                }
+            });
+        }
     }
     tokio::spawn(keep_tokens(states.clone(), tokens.clone()));
 

@@ -2,5 +2,6 @@
 //! Kubernetes API. Both produce a [`ClusterState`](crate::model::ClusterState); nothing downstream
 //! knows which one did.
 
+pub mod kubernetes;
 pub mod standalone;
 pub mod yaml;
