@@ -65,8 +65,8 @@ pub struct CaService {
     authority: Arc<CertificateAuthority>,
     auth: Arc<dyn Authenticator>,
     generations: watch::Receiver<Arc<Generation>>,
-    default_ttl: Duration,
-    max_ttl: Duration,
+    /// The lifetime given by default, and the most a caller may ask for.
+    ttl: Duration,
     metrics: CaMetrics,
 }
 
@@ -82,9 +82,7 @@ impl CaService {
             authority,
             auth,
             generations,
-            default_ttl,
-            // Callers may ask for less, never for more than the configured lifetime.
-            max_ttl: default_ttl,
+            ttl: default_ttl,
             metrics,
         }
     }
@@ -144,8 +142,8 @@ impl CertificateService for CaService {
             ));
         }
         let ttl = match req.validity_seconds {
-            s if s > 0 => Duration::from_secs(s as u64).min(self.max_ttl),
-            _ => self.default_ttl,
+            s if s > 0 => Duration::from_secs(s as u64).min(self.ttl),
+            _ => self.ttl,
         };
         let chain = self
             .authority

@@ -13,8 +13,8 @@ use tracing::{Instrument, debug, debug_span};
 
 use super::pool::{Connection, Pool, PoolKey};
 use super::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, H2Stream, HboneError, Http2Settings,
-    REASON_HEADER, format_forwarded_for,
+    DEFAULT_CONNECT_TIMEOUT, H2Stream, HANDSHAKE_TIMEOUT, HboneError, Http2Settings, REASON_HEADER,
+    format_forwarded_for,
 };
 use crate::identity::Identity;
 use crate::net::Dialer;
@@ -38,7 +38,7 @@ impl Default for ClientSettings {
             http2: Http2Settings::default(),
             max_streams_per_connection: 100,
             idle_timeout: Duration::from_secs(60),
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             dialer: Dialer::new().with_connect_timeout(DEFAULT_CONNECT_TIMEOUT),
         }
     }

@@ -105,9 +105,8 @@ impl Default for Http2Settings {
 
 /// Timeouts shared by both ends.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The deadline for a TLS handshake anywhere in the mesh.
-pub const HANDSHAKE_TIMEOUT: Duration = DEFAULT_HANDSHAKE_TIMEOUT;
+/// The default deadline for a TLS handshake anywhere in the mesh.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Parses `for="<ip:port>"` (or an unquoted `for=<ip>`) out of a `Forwarded` header.
 pub fn parse_forwarded_for(value: &str) -> Option<SocketAddr> {

@@ -22,8 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
-    DEFAULT_HANDSHAKE_TIMEOUT, H2Stream, HboneError, Http2Settings, REASON_HEADER,
-    parse_forwarded_for,
+    H2Stream, HANDSHAKE_TIMEOUT, HboneError, Http2Settings, REASON_HEADER, parse_forwarded_for,
 };
 use crate::drain;
 use crate::identity::Identity;
@@ -134,7 +133,7 @@ impl Default for ServerSettings {
             http2: Http2Settings::default(),
             max_concurrent_streams: 200,
             max_connections: 16 * 1024,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
         }
     }
 }
