@@ -1,23 +1,28 @@
 //! Ambit's wire protocols, shared by the controller, the node agents and the waypoints:
 //!
 //! - [`api`]: the protobuf messages and gRPC services (config discovery, certificates);
+//! - [`authz`]: evaluating authorization policies, the same for node agents and waypoints;
 //! - [`identity`]: SPIFFE workload identities;
 //! - [`tls`]: SPIFFE mTLS configurations and the certificate authority's signing half;
 //! - [`grpc`]: gRPC with the control plane over SPIFFE-verified TLS;
 //! - [`hbone`]: HBONE, mTLS HTTP/2 CONNECT tunnels on port 15008, wire-compatible with Istio;
 //! - [`relay`]: splicing two streams with half-close;
-//! - [`drain`]: graceful shutdown shared by every server.
+//! - [`drain`]: graceful shutdown shared by every server;
+//! - [`xds`]: the config-discovery client (subscribe, ACK/NACK, reconnect, resume).
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod drain;
 pub mod grpc;
 pub mod hbone;
 pub mod identity;
 pub mod net;
 pub mod relay;
+pub mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+pub mod xds;
 
 /// Generated protobuf types and gRPC stubs (package `ambit.v1`).
 pub mod api {

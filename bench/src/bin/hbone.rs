@@ -115,6 +115,7 @@ impl Setup {
             source: self.source.clone(),
             destination_identities: vec![self.server.identity().clone()],
             hbone_address: self.hbone,
+            source_address: None,
             authority,
             forwarded_for: None,
             headers: Vec::new(),

@@ -1,6 +1,6 @@
 //! Opening HBONE tunnels.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -53,6 +53,10 @@ pub struct ConnectRequest {
     pub destination_identities: Vec<Identity>,
     /// Where the HBONE server listens: `<pod ip>:15008`, or a waypoint's.
     pub hbone_address: SocketAddr,
+    /// The address to connect from. A node agent connects from the client pod's own IP
+    /// (IP_TRANSPARENT), so the destination sees who is calling without trusting a header; such
+    /// connections are pooled per source address.
+    pub source_address: Option<IpAddr>,
     /// The CONNECT target: the destination `ip:port` (a service VIP when going via a waypoint).
     pub authority: SocketAddr,
     /// The original client, sent as `forwarded: for="..."` (waypoints set it).
@@ -86,6 +90,7 @@ impl Client {
             source: req.source.identity().clone(),
             destinations,
             address: req.hbone_address,
+            source_address: req.source_address,
         };
         // A pooled connection can turn out dead (peer restarted, GOAWAY) only when used; one retry
         // on a fresh connection hides that from the caller.
@@ -151,7 +156,8 @@ impl Client {
         let span = debug_span!("hbone_connect", peer = %addr, src = %req.source.identity());
         async move {
             let settings = &self.settings;
-            let tcp = settings.dialer.connect(addr).await.map_err(|source| {
+            let from = req.source_address.map(|ip| (SocketAddr::new(ip, 0), true));
+            let tcp = settings.dialer.connect_from(addr, from).await.map_err(|source| {
                 if source.kind() == std::io::ErrorKind::TimedOut {
                     HboneError::ConnectTimeout(addr)
                 } else {

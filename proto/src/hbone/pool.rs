@@ -1,5 +1,5 @@
 //! HTTP/2 connections to HBONE peers, pooled per (source identity, destination identities,
-//! destination address) and shared by many streams.
+//! destination address, source address) and shared by many streams.
 //!
 //! One connection per key serves streams until it reaches the peer's stream limit; only then is a
 //! second one opened. New connections for a key are made one at a time (single flight), so a burst
@@ -26,6 +26,7 @@ pub(crate) struct PoolKey {
     /// Sorted, so the same set in another order is the same key.
     pub destinations: Vec<Identity>,
     pub address: SocketAddr,
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 /// One HTTP/2 connection in the pool.

@@ -92,6 +92,7 @@ pub fn request(
         source: source.clone(),
         destination_identities: vec![expect.clone()],
         hbone_address: hbone,
+        source_address: None,
         authority,
         forwarded_for: None,
         headers: Vec::new(),
