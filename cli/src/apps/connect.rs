@@ -1,0 +1,155 @@
+//! `ambit app connect`: a one-shot TCP client, run inside a lab pod to see what the pod reaches.
+//! It prints what the server sends and tells refusal, timeout and reset apart by exit status, so
+//! a test can assert *how* a connection failed (a policy's reset, a black hole's timeout).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// What to send after connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// These bytes, then a half-close; everything the server sends until it closes is printed.
+    Raw(Vec<u8>),
+    /// `GET <path> HTTP/1.1` with `connection: close`; the whole response is printed.
+    HttpGet(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    pub addr: SocketAddr,
+    /// Without a payload, only the server's first line (its greeting) is read.
+    pub payload: Option<Payload>,
+    /// For the whole exchange: connect, send, and read.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection to {0} refused")]
+    Refused(SocketAddr),
+    #[error("no complete answer from {addr} within {timeout:?}")]
+    TimedOut { addr: SocketAddr, timeout: Duration },
+    #[error("connection to {0} reset")]
+    Reset(SocketAddr),
+    #[error("{0} closed the connection without sending anything")]
+    Empty(SocketAddr),
+    #[error("connection to {addr}: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+}
+
+impl ConnectError {
+    /// The process exit status for this failure (documented in `ambit app connect --help`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConnectError::Refused(_) => 3,
+            ConnectError::TimedOut { .. } => 4,
+            ConnectError::Reset(_) => 5,
+            ConnectError::Empty(_) | ConnectError::Io { .. } => 1,
+        }
+    }
+
+    fn from_io(addr: SocketAddr, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::ConnectionRefused => ConnectError::Refused(addr),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                ConnectError::Reset(addr)
+            }
+            _ => ConnectError::Io { addr, source },
+        }
+    }
+}
+
+/// Connects, sends the payload, and copies what the server sends to `out` as it arrives (so
+/// output received before a failure is not lost).
+pub async fn run<W: AsyncWrite + Unpin>(
+    config: &ConnectConfig,
+    out: &mut W,
+) -> Result<(), ConnectError> {
+    let addr = config.addr;
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await?;
+        exchange(stream, config, out).await
+    };
+    match tokio::time::timeout(config.timeout, exchange).await {
+        Err(_elapsed) => Err(ConnectError::TimedOut {
+            addr,
+            timeout: config.timeout,
+        }),
+        Ok(Err(source)) => Err(ConnectError::from_io(addr, source)),
+        Ok(Ok(0)) => Err(ConnectError::Empty(addr)),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// Returns how many bytes the server sent.
+async fn exchange<W: AsyncWrite + Unpin>(
+    stream: TcpStream,
+    config: &ConnectConfig,
+    out: &mut W,
+) -> io::Result<u64> {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let received = match &config.payload {
+        None => {
+            let mut line = Vec::new();
+            reader.read_until(b'\n', &mut line).await?;
+            out.write_all(&line).await?;
+            line.len() as u64
+        }
+        Some(Payload::Raw(bytes)) => {
+            writer.write_all(bytes).await?;
+            writer.shutdown().await?;
+            tokio::io::copy(&mut reader, out).await?
+        }
+        Some(Payload::HttpGet(path)) => {
+            // No half-close: some HTTP servers take a client's FIN as an abort.
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: ambit-connect\r\n\
+                 connection: close\r\n\r\n",
+                config.addr
+            );
+            writer.write_all(request.as_bytes()).await?;
+            tokio::io::copy(&mut reader, out).await?
+        }
+    };
+    out.flush().await?;
+    Ok(received)
+}
+
+/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 250ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("unknown unit {unit:?} in {text:?}: use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
