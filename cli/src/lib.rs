@@ -1,5 +1,7 @@
-//! The `ambit` command's library: the sample applications that run inside lab pods.
+//! The `ambit` command's library: the local lab's building blocks, shared with the end-to-end
+//! tests in `tests/`, and the sample applications that run inside lab pods.
 
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod lab;
