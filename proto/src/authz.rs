@@ -84,7 +84,10 @@ pub fn evaluate<'p>(
             Action::Audit => {}
             Action::Deny => {
                 if let Some(rule) = first_match(policy, attrs, Mode::Deny) {
-                    return Decision::Deny { policy: key(), rule };
+                    return Decision::Deny {
+                        policy: key(),
+                        rule,
+                    };
                 }
             }
             Action::Allow => {
@@ -158,8 +161,9 @@ fn destination_matches(d: &api::Destination, attrs: &Attributes<'_>) -> bool {
         // Without HTTP (node agent, DENY rules only reach here): judge by L4 fields alone.
         return l4;
     };
-    l4 && field(&d.methods, &d.not_methods, |m| string_matches(m, http.method))
-        && field(&d.paths, &d.not_paths, |m| string_matches(m, http.path))
+    l4 && field(&d.methods, &d.not_methods, |m| {
+        string_matches(m, http.method)
+    }) && field(&d.paths, &d.not_paths, |m| string_matches(m, http.path))
         && field(&d.hosts, &d.not_hosts, |m| host_matches(m, http.host))
 }
 

@@ -143,7 +143,13 @@ fn namespaces_ip_blocks_and_negations() {
         })],
     );
     assert!(!evaluate([&needs_identity], &conn(None, "10.244.1.4", 80).attrs()).allowed());
-    assert!(evaluate([&needs_identity], &conn(Some(OTHER), "10.1.1.1", 80).attrs()).allowed());
+    assert!(
+        evaluate(
+            [&needs_identity],
+            &conn(Some(OTHER), "10.1.1.1", 80).attrs()
+        )
+        .allowed()
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! - [`xds`]: the config-discovery client (subscribe, ACK/NACK, reconnect, resume).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod authz;
 pub mod drain;
 pub mod grpc;

@@ -32,6 +32,17 @@ pub trait ConfigHandler: Send + Sync + 'static {
     ) -> Result<(), String>;
 }
 
+impl<T: ConfigHandler> ConfigHandler for std::sync::Arc<T> {
+    fn apply(
+        &self,
+        type_url: &str,
+        resources: Vec<api::Resource>,
+        removed: Vec<String>,
+    ) -> Result<(), String> {
+        (**self).apply(type_url, resources, removed)
+    }
+}
+
 /// Where the client stands; readable at any time (readiness, admin).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientStatus {

@@ -157,13 +157,17 @@ impl Client {
         async move {
             let settings = &self.settings;
             let from = req.source_address.map(|ip| (SocketAddr::new(ip, 0), true));
-            let tcp = settings.dialer.connect_from(addr, from).await.map_err(|source| {
-                if source.kind() == std::io::ErrorKind::TimedOut {
-                    HboneError::ConnectTimeout(addr)
-                } else {
-                    HboneError::Connect { addr, source }
-                }
-            })?;
+            let tcp = settings
+                .dialer
+                .connect_from(addr, from)
+                .await
+                .map_err(|source| {
+                    if source.kind() == std::io::ErrorKind::TimedOut {
+                        HboneError::ConnectTimeout(addr)
+                    } else {
+                        HboneError::Connect { addr, source }
+                    }
+                })?;
             let tls_config = Arc::new(req.source.client_config(destinations));
             let connector = TlsConnector::from(tls_config);
             let server_name = ServerName::IpAddress(addr.ip().into());
