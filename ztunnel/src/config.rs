@@ -64,7 +64,7 @@ pub struct Config {
     #[arg(long, env = "AMBIT_CAPTURE", value_enum, default_value = "iptables")]
     pub capture: CaptureMode,
     /// SO_MARK on every socket the agent opens, so no capture rule ever matches its own traffic.
-    #[arg(long, env = "AMBIT_SOCKET_MARK", default_value = "0x539", value_parser = parse_u32)]
+    #[arg(long, env = "AMBIT_SOCKET_MARK", default_value = "0x540", value_parser = parse_u32)]
     pub socket_mark: u32,
     /// The policy-routing table that delivers TPROXY-marked packets locally.
     #[arg(long, env = "AMBIT_ROUTE_TABLE", default_value_t = 100)]

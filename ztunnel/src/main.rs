@@ -21,7 +21,10 @@ fn main() -> ExitCode {
     let (filter, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+        )
         .init();
     let set_log_level = Arc::new(move |level: &str| {
         let filter = EnvFilter::try_new(level).map_err(|e| format!("bad level {level:?}: {e}"))?;
