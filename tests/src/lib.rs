@@ -9,9 +9,11 @@
 //! (each binary's crate has integration tests, which makes cargo build it first).
 
 pub mod binaries;
+pub mod fixtures;
 pub mod manifests;
 pub mod mesh;
 pub mod probe;
+pub mod wire;
 
 use std::time::{Duration, Instant};
 

@@ -302,3 +302,10 @@ impl Drop for Mesh {
         }
     }
 }
+
+impl Mesh {
+    /// A scratch directory for the test's own files (captures), removed with the mesh.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}

@@ -2,85 +2,13 @@
 //! with real TPROXY rules, and echo servers in pods.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use ambit_tests::manifests::{self, Pod};
-use ambit_tests::mesh::Mesh;
+use ambit_tests::fixtures::{CHANGE, PORT, VIP, demo, seen_ip};
 use ambit_tests::{eventually, probe};
-
-const PORT: u16 = 8080;
-const VIP: &str = "10.96.0.10:80";
-const CHANGE: Duration = Duration::from_secs(10);
-
-/// demo (ambient): client + server-a on node1, server-b on node2; legacy (not in the mesh):
-/// outsider on node1. Service `echo` (VIP 10.96.0.10:80 -> 8080) selects both servers.
-fn mesh(prefix: &str) -> Mesh {
-    let mut mesh = Mesh::new(prefix, 2);
-    for (name, node) in [
-        ("client", 1),
-        ("server-a", 1),
-        ("server-b", 2),
-        ("outsider", 1),
-    ] {
-        mesh.add_pod(name, node);
-    }
-    mesh.write("namespaces.yaml", &namespaces(true));
-    mesh.write("pods.yaml", &pods(&mesh));
-    mesh.write(
-        "service.yaml",
-        &manifests::service("echo", "demo", "10.96.0.10", &[("app", "echo")], 80, PORT),
-    );
-    mesh.start_controller(&[]);
-    mesh.start_agent(1);
-    mesh.start_agent(2);
-    for pod in ["server-a", "server-b", "outsider", "client"] {
-        mesh.start_echo(pod, PORT);
-    }
-    mesh
-}
-
-fn namespaces(demo_ambient: bool) -> String {
-    let labels: &[(&str, &str)] = if demo_ambient {
-        &[("istio.io/dataplane-mode", "ambient")]
-    } else {
-        &[]
-    };
-    manifests::namespace("demo", labels) + &manifests::namespace("legacy", &[])
-}
-
-fn pods(mesh: &Mesh) -> String {
-    let def = |name: &'static str, ns: &'static str, sa: &'static str, app: &'static str| {
-        let info = mesh.pod(name);
-        manifests::pod(&Pod {
-            name,
-            namespace: ns,
-            node: if info.node == 1 { "node1" } else { "node2" },
-            ip: info.ip.to_string(),
-            service_account: sa,
-            labels: vec![("app", app)],
-        })
-    };
-    def("client", "demo", "client", "client")
-        + &def("server-a", "demo", "server", "echo")
-        + &def("server-b", "demo", "server", "echo")
-        + &def("outsider", "legacy", "default", "outsider")
-}
-
-/// The `you are <ip:port>` part of a greeting, as an IP.
-fn seen_ip(greeting: &str) -> String {
-    let addr = greeting
-        .rsplit("you are ")
-        .next()
-        .unwrap_or_default()
-        .trim();
-    addr.parse::<SocketAddr>()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| panic!("unexpected greeting {greeting:?}"))
-}
 
 #[test]
 fn captured_traffic_is_mtls_keeps_the_client_ip_and_spreads_over_endpoints() {
-    let mesh = mesh("zt1");
+    let mesh = demo("zt1");
     let client = mesh.pod("client").clone();
     let client_ip = client.ip.to_string();
 
@@ -138,4 +66,52 @@ fn captured_traffic_is_mtls_keeps_the_client_ip_and_spreads_over_endpoints() {
     let mut stream = probe::connect(&client.netns, mesh.address("server-b", PORT)).unwrap();
     probe::read_line(&stream).unwrap();
     probe::echo(&mut stream, &[7u8; 100_000]).unwrap();
+}
+
+#[test]
+fn between_nodes_the_wire_carries_only_tls_to_15008() {
+    let mesh = demo("ztwire");
+    let client = mesh.pod("client").clone();
+    let outsider = mesh.pod("outsider").clone();
+    let node2 = mesh.topology.node(2).unwrap().netns.clone();
+    let secret = b"ambit-secret-payload-7f3a9c";
+    let plain = b"ambit-plaintext-control-51d2";
+
+    let sniffer = ambit_tests::wire::Sniffer::start(&node2, &mesh.scratch());
+    let mut stream = probe::connect(&client.netns, mesh.address("server-b", PORT)).unwrap();
+    probe::read_line(&stream).unwrap();
+    probe::echo(&mut stream, secret).unwrap();
+    // The control: a pod outside the mesh sends in the clear, and the capture must see it.
+    let mut stream = probe::connect(&outsider.netns, mesh.address("server-b", PORT)).unwrap();
+    probe::read_line(&stream).unwrap();
+    probe::echo(&mut stream, plain).unwrap();
+    let captured = sniffer.stop();
+
+    assert!(
+        captured.contains(plain),
+        "the capture saw no plaintext: it proves nothing ({} bytes, {} packets)",
+        captured.bytes.len(),
+        captured.count("tcp")
+    );
+    assert!(
+        !captured.contains(secret),
+        "captured payload crossed the wire in the clear"
+    );
+    assert!(
+        captured.count("tcp dst port 15008") > 0,
+        "no HBONE traffic seen"
+    );
+    // Every packet from the client pod to server-b went to 15008 (nothing to 8080 directly).
+    let direct = format!(
+        "src host {} and dst host {} and dst port {PORT}",
+        client.ip,
+        mesh.pod("server-b").ip
+    );
+    assert_eq!(
+        captured.count(&direct),
+        0,
+        "the client reached the server without the tunnel"
+    );
+    // TLS 1.3 application data records (content type 23, legacy version 3.3).
+    assert!(captured.contains(&[0x17, 0x03, 0x03]));
 }
