@@ -55,15 +55,24 @@ pub fn namespaces(demo_ambient: bool) -> String {
 }
 
 pub fn pods(mesh: &Mesh) -> String {
+    pods_opted_out(mesh, &[])
+}
+
+/// [`pods`], with `opted_out` labelled `istio.io/dataplane-mode: none`.
+pub fn pods_opted_out(mesh: &Mesh, opted_out: &[&str]) -> String {
     let def = |name: &'static str, ns: &'static str, sa: &'static str, app: &'static str| {
         let info = mesh.pod(name);
+        let mut labels = vec![("app", app)];
+        if opted_out.contains(&name) {
+            labels.push(("istio.io/dataplane-mode", "none"));
+        }
         manifests::pod(&Pod {
             name,
             namespace: ns,
             node: if info.node == 1 { "node1" } else { "node2" },
             ip: info.ip.to_string(),
             service_account: sa,
-            labels: vec![("app", app)],
+            labels,
         })
     };
     def("client", "demo", "client", "client")

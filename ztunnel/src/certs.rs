@@ -41,12 +41,35 @@ pub struct Issued {
     pub server_config: Arc<ServerConfig>,
 }
 
+/// One identity's certificate. `issued` is readable at any time (readiness, the dump, the
+/// fast path of every handshake); `renewal` serialises fetches, so concurrent first uses share one
+/// CSR and a renewal never hides the certificate it is replacing.
 #[derive(Default)]
 struct Slot {
-    issued: Option<Issued>,
-    /// When the next renewal attempt is due after a failure.
+    issued: Mutex<Option<Issued>>,
+    renewal: tokio::sync::Mutex<Renewal>,
+}
+
+#[derive(Default)]
+struct Renewal {
+    /// When the next attempt is due after a failure.
     retry_at: Option<SystemTime>,
     failures: u32,
+}
+
+impl Slot {
+    fn current(&self) -> Option<Issued> {
+        self.issued.lock().expect("slot").clone()
+    }
+
+    fn valid(&self) -> Option<Issued> {
+        self.current()
+            .filter(|i| i.cert.not_after() > SystemTime::now())
+    }
+
+    fn store(&self, issued: Issued) {
+        *self.issued.lock().expect("slot") = Some(issued);
+    }
 }
 
 pub struct CertManager {
@@ -55,7 +78,7 @@ pub struct CertManager {
     roots: TrustRoots,
     token_file: PathBuf,
     channel: tokio::sync::Mutex<Option<Channel>>,
-    slots: Mutex<HashMap<Identity, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<HashMap<Identity, Arc<Slot>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -81,14 +104,16 @@ impl CertManager {
     /// The certificate for `identity`, fetching it if there is none yet or it expired.
     pub async fn get(&self, identity: &Identity) -> Result<Issued, CertError> {
         let slot = self.slot(identity);
-        let mut slot = slot.lock().await;
-        if let Some(issued) = &slot.issued
-            && issued.cert.not_after() > SystemTime::now()
-        {
-            return Ok(issued.clone());
+        if let Some(issued) = slot.valid() {
+            return Ok(issued);
+        }
+        let _renewal = slot.renewal.lock().await;
+        // Whoever held the lock before may have fetched it already.
+        if let Some(issued) = slot.valid() {
+            return Ok(issued);
         }
         let issued = self.fetch(identity).await?;
-        slot.issued = Some(issued.clone());
+        slot.store(issued.clone());
         Ok(issued)
     }
 
@@ -103,13 +128,7 @@ impl CertManager {
             .collect();
         let mut out: Vec<_> = slots
             .into_iter()
-            .map(|(id, s)| {
-                let cert = s
-                    .try_lock()
-                    .ok()
-                    .and_then(|s| s.issued.as_ref().map(|i| i.cert.clone()));
-                (id, cert)
-            })
+            .map(|(id, s)| (id, s.current().map(|i| i.cert)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -153,27 +172,29 @@ impl CertManager {
                 .collect();
             for (identity, slot) in slots {
                 let now = SystemTime::now();
-                let Ok(mut slot) = slot.try_lock() else {
-                    continue; // a fetch is already running
-                };
-                let due = match &slot.issued {
+                let due = match slot.current() {
                     Some(i) => i.cert.refresh_at() <= now,
                     None => true,
                 };
-                if !due || slot.retry_at.is_some_and(|t| t > now) {
+                if !due {
+                    continue;
+                }
+                let Ok(mut renewal) = slot.renewal.try_lock() else {
+                    continue; // a fetch is already running
+                };
+                if renewal.retry_at.is_some_and(|t| t > now) {
                     continue;
                 }
                 match self.fetch(&identity).await {
                     Ok(issued) => {
                         info!(%identity, not_after = ?issued.cert.not_after(), "certificate renewed");
-                        slot.issued = Some(issued);
-                        slot.failures = 0;
-                        slot.retry_at = None;
+                        slot.store(issued);
+                        *renewal = Renewal::default();
                     }
                     Err(e) => {
-                        slot.failures += 1;
-                        let backoff = Duration::from_secs(1 << slot.failures.min(6));
-                        slot.retry_at = Some(now + backoff);
+                        renewal.failures += 1;
+                        let backoff = Duration::from_secs(1 << renewal.failures.min(6));
+                        renewal.retry_at = Some(now + backoff);
                         warn!(%identity, "renewing certificate failed (retry in {backoff:?}): {e}");
                     }
                 }
@@ -181,7 +202,7 @@ impl CertManager {
         }
     }
 
-    fn slot(&self, identity: &Identity) -> Arc<tokio::sync::Mutex<Slot>> {
+    fn slot(&self, identity: &Identity) -> Arc<Slot> {
         self.slots
             .lock()
             .expect("slots")

@@ -77,6 +77,8 @@ pub struct WorkloadCertificate {
     roots: TrustRoots,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// When this holder got the certificate (see `refresh_at`).
+    received: SystemTime,
 }
 
 impl WorkloadCertificate {
@@ -97,6 +99,7 @@ impl WorkloadCertificate {
             roots,
             not_before,
             not_after,
+            received: SystemTime::now(),
         })
     }
 
@@ -140,14 +143,17 @@ impl WorkloadCertificate {
         self.not_after
     }
 
-    /// The point after which the certificate should be replaced: half its lifetime, so a failed
-    /// renewal has the other half to be retried in.
+    /// The point after which the certificate should be replaced: half its remaining life when it
+    /// was received, so a failed renewal has the other half to be retried in. Counted from
+    /// receipt, not from `not_before`: CAs back-date `not_before` for clock skew, which would make
+    /// a short-lived certificate look due at once.
     pub fn refresh_at(&self) -> SystemTime {
+        let start = self.received.max(self.not_before);
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(start)
             .unwrap_or(Duration::ZERO);
-        self.not_before + life / 2
+        start + life / 2
     }
 
     /// A client config that presents this certificate and accepts only a server proving one of
