@@ -10,7 +10,14 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, reload};
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(64); // EX_USAGE, like every other bad setting
+        }
+    };
     if let Err(errors) = config.validate() {
         for e in &errors {
             eprintln!("ambit-ztunnel: {e}");
