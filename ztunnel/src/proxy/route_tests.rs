@@ -100,6 +100,27 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// The HBONE route's tunnel address, authority, expected identity and waypoint.
+fn hbone(
+    route: Route,
+) -> (
+    SocketAddr,
+    SocketAddr,
+    ambit_proto::Identity,
+    Option<String>,
+) {
+    match route {
+        Route::Hbone {
+            hbone_address,
+            authority,
+            identity,
+            waypoint,
+            ..
+        } => (hbone_address, authority, identity, waypoint),
+        other => panic!("expected HBONE, got {other:?}"),
+    }
+}
+
 #[test]
 fn workloads_by_where_they_are_and_what_they_speak() {
     let state = store(
@@ -200,21 +221,12 @@ fn waypoints_keep_the_original_destination_and_fail_closed() {
     );
     let b = Balancer::default();
     for dst in ["10.96.0.10:80", "10.244.2.5:8080"] {
-        match outbound(&state, NODE, addr(dst), &b) {
-            Route::Hbone {
-                hbone_address,
-                authority,
-                identity,
-                waypoint,
-                ..
-            } => {
-                assert_eq!(hbone_address, addr("10.244.2.100:15008"));
-                assert_eq!(authority, addr(dst));
-                assert_eq!(identity.service_account(), "waypoint");
-                assert_eq!(waypoint.as_deref(), Some("demo/waypoint"));
-            }
-            other => panic!("{dst}: {other:?}"),
-        }
+        let (hbone_address, authority, identity, waypoint) =
+            hbone(outbound(&state, NODE, addr(dst), &b));
+        assert_eq!(hbone_address, addr("10.244.2.100:15008"));
+        assert_eq!(authority, addr(dst));
+        assert_eq!(identity.service_account(), "waypoint");
+        assert_eq!(waypoint.as_deref(), Some("demo/waypoint"));
     }
     // No waypoint instance: refused, never sent around the waypoint.
     let mut orphan = workload("pod", "node2", "10.244.2.5", true);
@@ -241,7 +253,11 @@ fn bad_config_is_rejected_whole() {
     let good = workload("a", NODE, "10.244.1.5", true);
     let bad = workload("b", NODE, "not-an-ip", true);
     let err = store
-        .apply(type_url::WORKLOAD, workload_resources(vec![good, bad]), vec![])
+        .apply(
+            type_url::WORKLOAD,
+            workload_resources(vec![good, bad]),
+            vec![],
+        )
         .unwrap_err();
     assert!(err.to_string().contains("not-an-ip"), "{err}");
     assert!(store.current().workloads.is_empty(), "nothing applied");
