@@ -1,5 +1,6 @@
 //! Wiring: source -> pipeline -> gRPC (config + CA) and admin, and shutdown.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use ambit_proto::api::config_discovery_service_server::ConfigDiscoveryServiceSer
 use ambit_proto::tls::authority::CertificateAuthority;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
@@ -48,9 +49,16 @@ pub async fn run(
                 states_tx,
                 reports_tx,
             ));
+            let (states, tokens) = (states.clone(), tokens.clone());
             tokio::spawn(async move {
                 if reports_rx.changed().await.is_ok() {
-                    ready_tx.send_replace(true);
+                    // Token files before readiness: an agent told the controller is ready must
+                    // find its token.
+                    let (written_tx, written) = oneshot::channel();
+                    tokio::spawn(keep_tokens(states, tokens, written_tx));
+                    if written.await.is_ok() {
+                        ready_tx.send_replace(true);
+                    }
                 }
             });
         }
@@ -68,7 +76,6 @@ pub async fn run(
             });
         }
     }
-    tokio::spawn(keep_tokens(states.clone(), tokens.clone()));
 
     let (generations_tx, generations) = watch::channel(Arc::new(Generation::empty()));
     tokio::spawn(pipeline::run(
@@ -163,37 +170,48 @@ fn own_certificate(
     Ok(rx)
 }
 
-/// Keeps one token file per node and per waypoint that the config names.
-async fn keep_tokens(mut states: watch::Receiver<ClusterState>, tokens: Arc<TokenFiles>) {
+/// Keeps one token file per node and per waypoint that the config names; `written` fires after
+/// the first round.
+async fn keep_tokens(
+    mut states: watch::Receiver<ClusterState>,
+    tokens: Arc<TokenFiles>,
+    written: oneshot::Sender<()>,
+) {
+    let mut written = Some(written);
     loop {
-        let callers: Vec<Caller> = {
+        let callers: BTreeSet<Caller> = {
             let state = states.borrow_and_update();
-            let mut callers: Vec<Caller> = state
+            // Distinct node names first: 10k pods run on a few dozen nodes.
+            let nodes: BTreeSet<&str> = state
                 .pods()
-                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
                 .chain(
                     state
                         .iter()
                         .filter(|(k, _)| k.kind == model::Kind::Node)
-                        .map(|(k, _)| k.name.clone()),
+                        .map(|(k, _)| k.name.as_str()),
                 )
-                .map(|node| Caller::NodeAgent { node })
                 .collect();
-            callers.extend(
-                state
-                    .gateways()
-                    .filter(|g| waypoint::is_waypoint(g))
-                    .map(|g| Caller::Waypoint {
-                        namespace: model::namespace(&g.metadata).to_string(),
-                        name: model::name(&g.metadata).to_string(),
-                    }),
-            );
-            callers.sort();
-            callers.dedup();
-            callers
+            let waypoints = state
+                .gateways()
+                .filter(|g| waypoint::is_waypoint(g))
+                .map(|g| Caller::Waypoint {
+                    namespace: model::namespace(&g.metadata).to_string(),
+                    name: model::name(&g.metadata).to_string(),
+                });
+            nodes
+                .into_iter()
+                .map(|node| Caller::NodeAgent {
+                    node: node.to_string(),
+                })
+                .chain(waypoints)
+                .collect()
         };
         if let Err(e) = tokens.ensure(&callers) {
             warn!("writing token files: {e}");
+        }
+        if let Some(written) = written.take() {
+            let _ = written.send(());
         }
         if states.changed().await.is_err() {
             return;

@@ -55,7 +55,9 @@ kind: Orphan
 "#;
     fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
     fs::write(dir.path().join("b.yaml"), bad).unwrap();
-    let (state, report) = Directory::new(dir.path()).load().unwrap();
+    let mut source = Directory::new(dir.path());
+    let (report, _) = source.load().unwrap();
+    let state = source.state();
 
     assert!(state.get(&key(Kind::Namespace, "", "shop")).is_some());
     assert!(
@@ -98,7 +100,9 @@ items:
 - {apiVersion: v1, kind: ServiceAccount, metadata: {name: db, namespace: shop}}
 "#;
     fs::write(dir.path().join("list.yml"), list).unwrap();
-    let (state, report) = Directory::new(dir.path()).load().unwrap();
+    let mut source = Directory::new(dir.path());
+    let (report, _) = source.load().unwrap();
+    let state = source.state();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(
         state
@@ -118,7 +122,8 @@ fn a_broken_file_keeps_its_last_good_objects_and_a_fixed_file_can_delete() {
     let path = dir.path().join("policies.yaml");
     let mut source = Directory::new(dir.path());
     fs::write(&path, GOOD).unwrap();
-    let (before, _) = source.load().unwrap();
+    source.load().unwrap();
+    let before = source.state().clone();
     let policy = key(Kind::AuthorizationPolicy, "shop", "allow-cart");
 
     // The policy turns invalid: its last good version is kept, and the error reported.
@@ -127,9 +132,10 @@ fn a_broken_file_keeps_its_last_good_objects_and_a_fixed_file_can_delete() {
         "principals: cluster.local",
     );
     fs::write(&path, &broken).unwrap();
-    let (state, report) = source.load().unwrap();
+    let (report, changed) = source.load().unwrap();
     assert_eq!(report.errors.len(), 1);
-    assert_eq!(state.get(&policy), before.get(&policy));
+    assert_eq!(source.state().get(&policy), before.get(&policy));
+    assert_eq!(changed, [], "nothing the file contributes changed");
 
     // A YAML syntax error part-way: nothing the file held is lost.
     fs::write(
@@ -137,9 +143,9 @@ fn a_broken_file_keeps_its_last_good_objects_and_a_fixed_file_can_delete() {
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop\n",
     )
     .unwrap();
-    let (state, report) = source.load().unwrap();
+    let (report, _) = source.load().unwrap();
     assert_eq!(report.errors.len(), 1);
-    assert_eq!(state, before);
+    assert_eq!(*source.state(), before);
 
     // Once the file is valid again, what it no longer contains is deleted.
     fs::write(
@@ -147,10 +153,16 @@ fn a_broken_file_keeps_its_last_good_objects_and_a_fixed_file_can_delete() {
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
     )
     .unwrap();
-    let (state, report) = source.load().unwrap();
+    let (report, changed) = source.load().unwrap();
     assert!(report.errors.is_empty());
-    assert!(state.get(&policy).is_none());
-    assert!(state.get(&key(Kind::Namespace, "", "shop")).is_some());
+    assert_eq!(changed, [key(Kind::Namespace, "", "shop"), policy.clone()]);
+    assert!(source.state().get(&policy).is_none());
+    assert!(
+        source
+            .state()
+            .get(&key(Kind::Namespace, "", "shop"))
+            .is_some()
+    );
 }
 
 #[tokio::test]

@@ -2,10 +2,15 @@
 //!
 //! [`ClusterState`] is the controller's whole input: every object by kind, namespace and name, in
 //! sorted maps so that everything derived from it (translation, versions, pushes) is deterministic.
-//! Sources (`source/`) fill it; `translate/` reads it. Nothing here talks to the network.
+//! Objects are immutable once read and shared through `Arc`, so copying a state or finding what
+//! changed between two states is pointer work (see `state.rs`). Sources (`source/`) fill it;
+//! `translate/` reads it. Nothing here talks to the network.
 
 pub mod gateway;
 pub mod istio;
+mod state;
+
+pub use state::{Change, ClusterState};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -146,7 +151,7 @@ impl Object {
         }
     }
 
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+    pub(crate) fn metadata_mut(&mut self) -> &mut ObjectMeta {
         match self {
             Object::Namespace(o) => &mut o.metadata,
             Object::Node(o) => &mut o.metadata,
@@ -162,6 +167,9 @@ impl Object {
 
     /// Fills in what the API server would: the `default` namespace for namespaced kinds.
     pub fn with_defaults(mut self) -> Self {
+        if self.has_defaults() {
+            return self;
+        }
         let namespaced = self.kind().is_namespaced();
         let meta = self.metadata_mut();
         if namespaced && meta.namespace.as_deref().unwrap_or("").is_empty() {
@@ -173,6 +181,16 @@ impl Object {
         self
     }
 
+    /// Whether [`Object::with_defaults`] would leave it as it is.
+    pub fn has_defaults(&self) -> bool {
+        let namespace = self.metadata().namespace.as_deref();
+        if self.kind().is_namespaced() {
+            namespace.is_some_and(|n| !n.is_empty())
+        } else {
+            namespace.is_none()
+        }
+    }
+
     pub fn object_ref(&self) -> ObjectRef {
         let meta = self.metadata();
         ObjectRef {
@@ -180,123 +198,6 @@ impl Object {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
         }
-    }
-}
-
-/// Every object the controller knows, by reference. The controller's whole input.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ClusterState {
-    objects: BTreeMap<ObjectRef, Object>,
-}
-
-impl ClusterState {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Inserts or replaces; returns the previous object.
-    pub fn upsert(&mut self, object: Object) -> Option<Object> {
-        let object = object.with_defaults();
-        self.objects.insert(object.object_ref(), object)
-    }
-
-    pub fn remove(&mut self, key: &ObjectRef) -> Option<Object> {
-        self.objects.remove(key)
-    }
-
-    pub fn get(&self, key: &ObjectRef) -> Option<&Object> {
-        self.objects.get(key)
-    }
-
-    pub fn len(&self) -> usize {
-        self.objects.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&ObjectRef, &Object)> {
-        self.objects.iter()
-    }
-
-    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
-        self.objects
-            .range(
-                ObjectRef {
-                    kind,
-                    namespace: String::new(),
-                    name: String::new(),
-                }..,
-            )
-            .take_while(move |(k, _)| k.kind == kind)
-            .map(|(_, o)| o)
-    }
-
-    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
-        self.of_kind(Kind::Namespace).filter_map(|o| match o {
-            Object::Namespace(n) => Some(&**n),
-            _ => None,
-        })
-    }
-
-    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
-        match self.get(&ObjectRef {
-            kind: Kind::Namespace,
-            namespace: String::new(),
-            name: name.to_string(),
-        }) {
-            Some(Object::Namespace(n)) => Some(n),
-            _ => None,
-        }
-    }
-
-    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
-        self.of_kind(Kind::Pod).filter_map(|o| match o {
-            Object::Pod(p) => Some(&**p),
-            _ => None,
-        })
-    }
-
-    pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.of_kind(Kind::Service).filter_map(|o| match o {
-            Object::Service(s) => Some(&**s),
-            _ => None,
-        })
-    }
-
-    pub fn gateways(&self) -> impl Iterator<Item = &Gateway> {
-        self.of_kind(Kind::Gateway).filter_map(|o| match o {
-            Object::Gateway(g) => Some(g),
-            _ => None,
-        })
-    }
-
-    pub fn gateway(&self, namespace: &str, name: &str) -> Option<&Gateway> {
-        match self.get(&ObjectRef {
-            kind: Kind::Gateway,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }) {
-            Some(Object::Gateway(g)) => Some(g),
-            _ => None,
-        }
-    }
-
-    pub fn authorization_policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
-        self.of_kind(Kind::AuthorizationPolicy)
-            .filter_map(|o| match o {
-                Object::AuthorizationPolicy(p) => Some(p),
-                _ => None,
-            })
-    }
-
-    pub fn peer_authentications(&self) -> impl Iterator<Item = &PeerAuthentication> {
-        self.of_kind(Kind::PeerAuthentication)
-            .filter_map(|o| match o {
-                Object::PeerAuthentication(p) => Some(p),
-                _ => None,
-            })
     }
 }
 

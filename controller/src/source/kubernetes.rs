@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt};
@@ -177,8 +178,9 @@ enum Change {
 
 #[derive(Debug)]
 enum Decoded {
-    /// Boxed: an `Object` is ~600 bytes inline, a rejection needs only its name.
-    Valid(Box<Object>),
+    /// Shared: it goes into the state as it is (and an `Object` is ~600 bytes inline, a
+    /// rejection needs only its name).
+    Valid(Arc<Object>),
     /// Unusable (already logged); its last accepted version, if any, is kept.
     Rejected(ObjectRef),
 }
@@ -235,7 +237,7 @@ fn accept<K: Resource>(
         Ok(o)
     });
     match checked {
-        Ok(o) => Decoded::Valid(Box::new(o)),
+        Ok(o) => Decoded::Valid(Arc::new(o)),
         Err((field, reason)) => {
             warn!(
                 kind = %key.kind,
@@ -271,7 +273,7 @@ fn object_ref(kind: Kind, meta: &ObjectMeta) -> ObjectRef {
 struct Tracker {
     /// Objects of a list in progress; they replace the kind's objects when it completes, so a
     /// half-done re-list is never published.
-    relisting: BTreeMap<Kind, BTreeMap<ObjectRef, Object>>,
+    relisting: BTreeMap<Kind, BTreeMap<ObjectRef, Arc<Object>>>,
     /// Kinds whose first list completed, or which the API server does not serve at all.
     listed: BTreeSet<Kind>,
     /// Kinds answered with 404 (CRD not installed), so the warning is logged once, not per retry.
@@ -293,10 +295,10 @@ impl Tracker {
                 };
                 match decoded {
                     Decoded::Valid(o) => {
-                        fresh.insert(o.object_ref(), *o);
+                        fresh.insert(o.object_ref(), o);
                     }
                     Decoded::Rejected(key) => {
-                        if let Some(previous) = state.get(&key) {
+                        if let Some(previous) = state.get_shared(&key) {
                             fresh.insert(key, previous.clone());
                         }
                     }
@@ -352,16 +354,17 @@ impl Tracker {
 
 fn apply_one(state: &mut ClusterState, decoded: Decoded) -> bool {
     match decoded {
-        Decoded::Valid(object) => upsert(state, *object),
+        Decoded::Valid(object) => upsert(state, object),
         Decoded::Rejected(_) => false,
     }
 }
 
-/// Inserts unless an equal object is already there; true if the state changed.
-fn upsert(state: &mut ClusterState, object: Object) -> bool {
-    if state.get(&object.object_ref()) == Some(&object) {
+/// Inserts unless an equal object is already there (which then keeps its allocation, so the
+/// pipeline sees it unchanged by pointer); true if the state changed.
+fn upsert(state: &mut ClusterState, object: Arc<Object>) -> bool {
+    if state.get(&object.object_ref()) == Some(&*object) {
         return false;
     }
-    state.upsert(object);
+    state.insert(object);
     true
 }

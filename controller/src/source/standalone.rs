@@ -6,8 +6,9 @@
 //! the casualty of a syntax error, and the safe reading is the latter), and an object whose new
 //! version is invalid keeps its last good version.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -34,21 +35,31 @@ pub enum SourceError {
     },
 }
 
-/// A manifest directory and the last good objects of each file in it.
+/// The objects of one file, by key.
+type Objects = BTreeMap<ObjectRef, Arc<Object>>;
+
+/// A manifest directory: what each file holds, and the state they make together.
 #[derive(Debug)]
 pub struct Directory {
     root: PathBuf,
-    last_good: BTreeMap<PathBuf, BTreeMap<ObjectRef, Object>>,
-    /// Each file's parse, kept while its length and mtime are unchanged: a change to one file of a
-    /// 10k-pod directory re-parses that file only.
-    parsed: BTreeMap<PathBuf, CachedParse>,
+    files: BTreeMap<PathBuf, FileState>,
+    /// For each key, the files that define it; the first by path wins.
+    owners: HashMap<ObjectRef, BTreeSet<PathBuf>>,
+    state: ClusterState,
 }
 
-#[derive(Debug, Clone)]
-struct CachedParse {
-    len: u64,
-    modified: Option<SystemTime>,
-    objects: BTreeMap<ObjectRef, Object>,
+#[derive(Debug)]
+struct FileState {
+    /// Length and mtime of the parse below; `None` forces a re-read (the file was unreadable).
+    stamp: Option<(u64, Option<SystemTime>)>,
+    /// The problems of the file's last parse (`None`: it could not be read).
+    parse: Option<FileParse>,
+    /// What the file contributes: its last good objects.
+    good: Arc<Objects>,
+}
+
+#[derive(Debug)]
+struct FileParse {
     errors: Vec<DocumentError>,
     ignored: usize,
 }
@@ -57,8 +68,9 @@ impl Directory {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Directory {
             root: root.into(),
-            last_good: BTreeMap::new(),
-            parsed: BTreeMap::new(),
+            files: BTreeMap::new(),
+            owners: HashMap::new(),
+            state: ClusterState::new(),
         }
     }
 
@@ -66,74 +78,172 @@ impl Directory {
         &self.root
     }
 
-    /// Reads every manifest file now. Fails only if the directory itself cannot be read.
-    pub fn load(&mut self) -> Result<(ClusterState, LoadReport), SourceError> {
-        let mut report = LoadReport::default();
-        let files = manifest_files(&self.root)?;
-        let mut next: BTreeMap<PathBuf, BTreeMap<ObjectRef, Object>> = BTreeMap::new();
-        let mut parsed_now = BTreeMap::new();
-        for path in files {
-            report.files += 1;
-            let meta = std::fs::metadata(&path).ok();
-            let (len, modified) = (
+    /// Every object of the directory, as of the last [`Directory::load`].
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// Reads every manifest file that changed since the last load and updates [`Directory::state`].
+    /// Returns the report and the keys whose object changed. Fails only if the directory itself
+    /// cannot be read.
+    ///
+    /// Work is proportional to the files that changed (plus a `stat` of each file): an unchanged
+    /// file keeps its parse and its objects, shared, and only keys of changed files are merged.
+    pub fn load(&mut self) -> Result<(LoadReport, Vec<ObjectRef>), SourceError> {
+        let paths = manifest_files(&self.root)?;
+        // Each changed file: (path, what it contributed before, what it contributes now).
+        let mut changed_files: Vec<(PathBuf, Arc<Objects>, Arc<Objects>)> = Vec::new();
+        let listed: BTreeSet<&PathBuf> = paths.iter().collect();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !listed.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            let old = self.files.remove(&path).expect("listed").good;
+            changed_files.push((path, old, Arc::default()));
+        }
+        for path in &paths {
+            let meta = std::fs::metadata(path).ok();
+            let stamp = (
                 meta.as_ref().map_or(0, |m| m.len()),
                 meta.and_then(|m| m.modified().ok()),
             );
-            let cached = self
-                .parsed
-                .remove(&path)
-                .filter(|c| c.len == len && c.modified == modified);
-            let parse = match cached {
-                Some(c) => c,
-                None => match std::fs::read_to_string(&path) {
-                    Ok(text) => {
-                        let p = parse_file(&path, &text);
-                        CachedParse {
-                            len,
-                            modified,
-                            objects: p.objects.into_iter().map(|o| (o.object_ref(), o)).collect(),
-                            errors: p.errors,
-                            ignored: p.ignored,
-                        }
-                    }
-                    Err(e) => {
-                        // Unreadable now (mid-write, permissions): keep what it held.
-                        warn!(file = %path.display(), "cannot read manifest: {e}");
-                        if let Some(prev) = self.last_good.get(&path) {
-                            next.insert(path, prev.clone());
-                        }
-                        continue;
-                    }
-                },
-            };
-            report.ignored += parse.ignored;
-            let mut objects = parse.objects.clone();
-            if !parse.errors.is_empty() {
-                if let Some(prev) = self.last_good.get(&path) {
-                    for (key, object) in prev {
-                        objects.entry(key.clone()).or_insert_with(|| object.clone());
+            let previous = self.files.get(path);
+            if previous.is_some_and(|f| f.stamp == Some(stamp)) {
+                continue;
+            }
+            let old_good = previous.map(|f| f.good.clone()).unwrap_or_default();
+            let next = match std::fs::read_to_string(path) {
+                Ok(text) => read_file(path, &text, stamp, &old_good),
+                Err(e) => {
+                    // Unreadable now (mid-write, permissions): keep what it held, read it again
+                    // next time.
+                    warn!(file = %path.display(), "cannot read manifest: {e}");
+                    FileState {
+                        stamp: None,
+                        parse: None,
+                        good: old_good.clone(),
                     }
                 }
-                report.errors.extend(parse.errors.iter().cloned());
+            };
+            if !Arc::ptr_eq(&old_good, &next.good) {
+                changed_files.push((path.clone(), old_good, next.good.clone()));
             }
-            parsed_now.insert(path.clone(), parse);
-            next.insert(path, objects);
+            self.files.insert(path.clone(), next);
         }
-        self.parsed = parsed_now;
-        let mut state = ClusterState::new();
-        let mut seen = BTreeSet::new();
-        for (path, objects) in &next {
-            for (key, object) in objects {
-                if !seen.insert(key.clone()) {
-                    warn!(file = %path.display(), object = %key, "defined in more than one file; the first file (by path) wins");
+        let changed = self.merge(changed_files);
+        let mut report = LoadReport {
+            files: paths.len(),
+            objects: self.state.len(),
+            ..LoadReport::default()
+        };
+        for parse in self.files.values().filter_map(|f| f.parse.as_ref()) {
+            report.ignored += parse.ignored;
+            report.errors.extend(parse.errors.iter().cloned());
+        }
+        Ok((report, changed))
+    }
+
+    /// Updates the owners and the state for files whose contribution changed; returns the keys
+    /// whose object changed.
+    fn merge(&mut self, files: Vec<(PathBuf, Arc<Objects>, Arc<Objects>)>) -> Vec<ObjectRef> {
+        let mut affected = BTreeSet::new();
+        for (path, old, new) in files {
+            for key in old.keys().filter(|k| !new.contains_key(*k)) {
+                if let Some(owners) = self.owners.get_mut(key) {
+                    owners.remove(&path);
+                    if owners.is_empty() {
+                        self.owners.remove(key);
+                    }
+                }
+                affected.insert(key.clone());
+            }
+            for (key, object) in new.iter() {
+                if old.get(key).is_some_and(|o| Arc::ptr_eq(o, object)) {
                     continue;
                 }
-                state.upsert(object.clone());
+                self.owners
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(path.clone());
+                affected.insert(key.clone());
             }
         }
-        report.objects = state.len();
-        self.last_good = next;
-        Ok((state, report))
+        let mut changed = Vec::new();
+        for key in affected {
+            let owners = self.owners.get(&key);
+            if let Some(owners) = owners.filter(|o| o.len() > 1) {
+                let first = owners.first().expect("non-empty");
+                warn!(file = %first.display(), object = %key, "defined in more than one file; the first file (by path) wins");
+            }
+            let winner = owners
+                .and_then(|o| o.first())
+                .and_then(|path| self.files.get(path)?.good.get(&key));
+            let differs = match (winner, self.state.get_shared(&key)) {
+                (Some(new), Some(old)) => !Arc::ptr_eq(new, old),
+                (None, None) => false,
+                _ => true,
+            };
+            if !differs {
+                continue;
+            }
+            match winner {
+                Some(object) => self.state.insert(object.clone()),
+                None => self.state.remove(&key),
+            };
+            changed.push(key);
+        }
+        changed
+    }
+}
+
+/// Parses a file's text into its next state; `old_good` is what it contributed before.
+fn read_file(
+    path: &Path,
+    text: &str,
+    stamp: (u64, Option<SystemTime>),
+    old_good: &Arc<Objects>,
+) -> FileState {
+    let parsed = parse_file(path, text);
+    // An object equal to the one the file held keeps its allocation: downstream, unchanged
+    // objects are then recognised by pointer.
+    let mut good: Objects = parsed
+        .objects
+        .into_iter()
+        .map(|o| {
+            let key = o.object_ref();
+            let object = match old_good.get(&key) {
+                Some(old) if **old == o => old.clone(),
+                _ => Arc::new(o),
+            };
+            (key, object)
+        })
+        .collect();
+    if !parsed.errors.is_empty() {
+        // A missing document might be a deletion or the casualty of an error: keep the last
+        // good version of everything the file no longer yields.
+        for (key, object) in old_good.iter() {
+            good.entry(key.clone()).or_insert_with(|| object.clone());
+        }
+    }
+    let same = good.len() == old_good.len()
+        && good
+            .iter()
+            .zip(old_good.iter())
+            .all(|((k, a), (l, b))| k == l && Arc::ptr_eq(a, b));
+    FileState {
+        stamp: Some(stamp),
+        parse: Some(FileParse {
+            errors: parsed.errors,
+            ignored: parsed.ignored,
+        }),
+        good: if same {
+            old_good.clone()
+        } else {
+            Arc::new(good)
+        },
     }
 }
 
@@ -200,7 +310,7 @@ pub async fn watch(
             continue;
         }
         match dir.load() {
-            Ok((state, report)) => {
+            Ok((report, changed)) => {
                 for e in &report.errors {
                     warn!("invalid manifest skipped: {e}");
                 }
@@ -210,10 +320,15 @@ pub async fn watch(
                     errors = report.errors.len(),
                     "manifests loaded"
                 );
+                // Only the changed keys are copied over: the published state is updated in place.
                 states.send_if_modified(|current| {
-                    let changed = *current != state;
-                    *current = state;
-                    changed
+                    for key in &changed {
+                        match dir.state().get_shared(key) {
+                            Some(object) => current.insert(object.clone()),
+                            None => current.remove(key),
+                        };
+                    }
+                    !changed.is_empty()
                 });
                 reports.send_replace(report);
                 last = Some(print);
