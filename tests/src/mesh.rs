@@ -309,3 +309,18 @@ impl Mesh {
         self.dir.path().to_path_buf()
     }
 }
+
+impl Mesh {
+    /// The process id of node `n`'s agent (for CPU and memory measurements).
+    pub fn agent_pid(&self, n: u8) -> Option<u32> {
+        self.agents.get(&n).map(Child::id)
+    }
+
+    /// Starts `program args` inside `pod`'s namespace, killed with the mesh.
+    pub fn run_in_pod(&mut self, pod: &str, program: &str, args: &[&str]) {
+        let netns = self.pod(pod).netns.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let child = self.spawn(&netns, PathBuf::from(program), &args, &format!("{program}-{pod}"));
+        self.apps.push(child);
+    }
+}

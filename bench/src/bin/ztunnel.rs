@@ -1,0 +1,270 @@
+//! Node-agent benchmark: two lab nodes (network namespaces), pods in the mesh talking through
+//! both agents (TPROXY -> HBONE/mTLS -> TPROXY) against pods outside the mesh talking directly,
+//! measured in the same run:
+//! - single-stream throughput (iperf3, 5 s);
+//! - request latency p50/p99 at a fixed rate (open loop, 64-byte echo requests spread over many
+//!   connections; latency counted from the scheduled send time, so queueing shows);
+//! - the agents' CPU seconds and RSS during that load, per 1,000 requests/s;
+//! - new connections per second (connect, one request, close; closed loop).
+//!
+//! Needs root, iperf3, and release builds of the binaries:
+//! `cargo build --release -p ambit-controller -p ambit-ztunnel -p ambit-cli -p ambit-bench`,
+//! then `target/release/ztunnel-bench`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ambit_bench::{Table, micros, percentiles};
+use ambit_cli::lab::netns::{command_in, in_netns};
+use ambit_tests::manifests::{self, Pod};
+use ambit_tests::mesh::Mesh;
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+struct Args {
+    /// Requests per second for the latency and CPU measurement.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Connections the fixed-rate load is spread over.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent clients in the connection-rate test.
+    #[arg(long, default_value_t = 16)]
+    connect_workers: u32,
+}
+
+const ECHO: u16 = 8080;
+const IPERF: u16 = 5201;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut mesh = Mesh::new("zbench", 2);
+    let pods = [("mesh-client", 1, "m"), ("mesh-server", 2, "m"), ("direct-client", 1, "d"), ("direct-server", 2, "d")];
+    let mut yaml = manifests::namespace("m", &[("istio.io/dataplane-mode", "ambient")])
+        + &manifests::namespace("d", &[]);
+    for (name, node, ns) in pods {
+        let info = mesh.add_pod(name, node);
+        yaml += &manifests::pod(&Pod {
+            name,
+            namespace: ns,
+            node: if node == 1 { "node1" } else { "node2" },
+            ip: info.ip.to_string(),
+            service_account: name,
+            labels: vec![("app", name)],
+        });
+    }
+    mesh.write("bench.yaml", &yaml);
+    mesh.start_controller(&[]);
+    mesh.start_agent(1);
+    mesh.start_agent(2);
+    for server in ["mesh-server", "direct-server"] {
+        mesh.start_echo(server, ECHO);
+        mesh.run_in_pod(server, "iperf3", &["-s", "-p", &IPERF.to_string()]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let paths = [("direct", "direct-client", "direct-server"), ("mesh", "mesh-client", "mesh-server")];
+
+    println!("## Throughput (iperf3, one stream, 5 s, best of 2)\n");
+    let table = Table::new(&["path", "Gbit/s", "ratio to direct"]);
+    let mut direct_gbps = 0.0;
+    for (label, client, server) in paths {
+        let mut best: f64 = 0.0;
+        for _ in 0..2 {
+            best = best.max(iperf(&mesh, client, mesh.address(server, IPERF))?);
+        }
+        if label == "direct" {
+            direct_gbps = best;
+        }
+        table.row(&[label.into(), format!("{best:.2}"), format!("{:.0}%", best / direct_gbps * 100.0)]);
+    }
+
+    println!(
+        "\n## Latency at {} req/s over {} connections, {} s (64-byte echo)\n",
+        args.rate, args.connections, args.seconds
+    );
+    let table = Table::new(&["path", "p50", "p99", "added p99", "agents CPU s", "vCPU per 1k req/s", "agents RSS (node1 + node2)"]);
+    let mut direct_p99 = Duration::ZERO;
+    for (label, client, server) in paths {
+        let cpu_before = agents_cpu(&mesh)?;
+        let start = Instant::now();
+        let mut samples = fixed_rate(&mesh.pod(client).netns, mesh.address(server, ECHO), &args)?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let cpu = agents_cpu(&mesh)? - cpu_before;
+        let p = percentiles(&mut samples);
+        if label == "direct" {
+            direct_p99 = p.p99;
+        }
+        let per_1k = cpu / elapsed / (f64::from(args.rate) / 1000.0);
+        table.row(&[
+            label.into(),
+            micros(p.p50),
+            micros(p.p99),
+            micros(p.p99.saturating_sub(direct_p99)),
+            format!("{cpu:.2}"),
+            format!("{per_1k:.3}"),
+            agents_rss(&mesh)?,
+        ]);
+    }
+
+    println!("\n## New connections per second ({} concurrent clients, 5 s)\n", args.connect_workers);
+    let table = Table::new(&["path", "connections/s", "ratio to direct"]);
+    let mut direct_rate = 0.0;
+    for (label, client, server) in paths {
+        let rate = connection_rate(&mesh.pod(client).netns, mesh.address(server, ECHO), args.connect_workers)?;
+        if label == "direct" {
+            direct_rate = rate;
+        }
+        table.row(&[label.into(), format!("{rate:.0}"), format!("{:.0}%", rate / direct_rate * 100.0)]);
+    }
+    println!("\nAgents' peak RSS (VmHWM): {}", agents_peak(&mesh)?);
+    Ok(())
+}
+
+fn iperf(mesh: &Mesh, client: &str, server: SocketAddr) -> Result<f64> {
+    let out = command_in(&mesh.pod(client).netns, "iperf3")
+        .args(["-c", &server.ip().to_string(), "-p", &server.port().to_string(), "-t", "5", "-J"])
+        .output()
+        .context("running iperf3 (apt-get install iperf3)")?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no result from iperf3: {json}"))?;
+    Ok(bps / 1e9)
+}
+
+/// Runs `load` on a single-threaded runtime inside `netns`, so its sockets live there.
+fn in_pod<T, F>(netns: &str, load: impl FnOnce() -> F + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    F: Future<Output = std::io::Result<T>>,
+{
+    let result = in_netns(netns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(load())
+    })?;
+    Ok(result)
+}
+
+/// Open-loop load: each connection sends its share of `rate` at fixed times.
+fn fixed_rate(netns: &str, target: SocketAddr, args: &Args) -> Result<Vec<Duration>> {
+    let (rate, conns, secs) = (args.rate, args.connections, args.seconds);
+    in_pod(netns, move || async move {
+        let interval = Duration::from_secs_f64(f64::from(conns) / f64::from(rate));
+        let mut tasks = Vec::new();
+        let start = tokio::time::Instant::now() + Duration::from_millis(500);
+        for i in 0..conns {
+            let mut stream = open_echo(target).await?;
+            // Stagger connections evenly across one interval.
+            let offset = interval.mul_f64(f64::from(i) / f64::from(conns));
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let deadline = start + Duration::from_secs(secs);
+                let mut at = start + offset;
+                let mut buf = [0u8; 64];
+                while at < deadline {
+                    tokio::time::sleep_until(at).await;
+                    stream.write_all(&[b'x'; 64]).await?;
+                    stream.read_exact(&mut buf).await?;
+                    samples.push(at.elapsed());
+                    at += interval;
+                }
+                Ok::<_, std::io::Error>(samples)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.map_err(std::io::Error::other)??);
+        }
+        Ok(all)
+    })
+}
+
+/// Connects to the echo server and consumes its greeting (sent once the first bytes arrive).
+async fn open_echo(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(target).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(b"\n").await?;
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    // The greeting line, then the echoed newline.
+    while seen.iter().filter(|b| **b == b'\n').count() < 2 {
+        stream.read_exact(&mut byte).await?;
+        seen.push(byte[0]);
+    }
+    Ok(stream)
+}
+
+fn connection_rate(netns: &str, target: SocketAddr, workers: u32) -> Result<f64> {
+    let count = in_pod(netns, move || async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            tasks.push(tokio::spawn(async move {
+                let mut done = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    let mut s = TcpStream::connect(target).await?;
+                    s.write_all(b"ping\n").await?;
+                    s.shutdown().await?;
+                    let mut sink = Vec::new();
+                    s.read_to_end(&mut sink).await?;
+                    done += 1;
+                }
+                Ok::<_, std::io::Error>(done)
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.map_err(std::io::Error::other)??;
+        }
+        Ok(total)
+    })?;
+    Ok(count as f64 / 5.0)
+}
+
+/// User + system CPU seconds of both agents so far.
+fn agents_cpu(mesh: &Mesh) -> Result<f64> {
+    let mut total = 0.0;
+    for n in [1, 2] {
+        let pid = mesh.agent_pid(n).context("agent running")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may contain spaces) start at ") ".
+        let rest = stat.rsplit_once(") ").context("stat format")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        total += ticks / 100.0; // USER_HZ is 100 on Linux
+    }
+    Ok(total)
+}
+
+fn status_field(mesh: &Mesh, field: &str) -> Result<String> {
+    let mut parts = Vec::new();
+    for n in [1, 2] {
+        let pid = mesh.agent_pid(n).context("agent running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .with_context(|| format!("{field} in /proc/{pid}/status"))?;
+        let kb: f64 = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
+        parts.push(format!("{:.1} MiB", kb / 1024.0));
+    }
+    if parts.len() != 2 {
+        bail!("expected two agents");
+    }
+    Ok(parts.join(" + "))
+}
+
+fn agents_rss(mesh: &Mesh) -> Result<String> {
+    status_field(mesh, "VmRSS:")
+}
+
+fn agents_peak(mesh: &Mesh) -> Result<String> {
+    status_field(mesh, "VmHWM:")
+}
