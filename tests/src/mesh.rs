@@ -320,7 +320,12 @@ impl Mesh {
     pub fn run_in_pod(&mut self, pod: &str, program: &str, args: &[&str]) {
         let netns = self.pod(pod).netns.clone();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let child = self.spawn(&netns, PathBuf::from(program), &args, &format!("{program}-{pod}"));
+        let child = self.spawn(
+            &netns,
+            PathBuf::from(program),
+            &args,
+            &format!("{program}-{pod}"),
+        );
         self.apps.push(child);
     }
 }

@@ -67,8 +67,22 @@ pub fn is_closed(stream: &mut TcpStream) -> bool {
 
 /// A plain HTTP/1.0 GET from inside `netns`; returns the status and body.
 pub fn http_get(netns: &str, to: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    http(netns, to, "GET", path)
+}
+
+/// A plain HTTP/1.0 request without a body from inside `netns`; returns the status and body.
+pub fn http(
+    netns: &str,
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
     let mut stream = connect(netns, to)?;
-    write!(stream, "GET {path} HTTP/1.0\r\nhost: {to}\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nhost: {to}\r\ncontent-length: 0\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)

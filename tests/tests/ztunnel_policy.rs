@@ -5,10 +5,14 @@ use ambit_tests::manifests::{authorization_policy, peer_authentication};
 use ambit_tests::mesh::Mesh;
 use ambit_tests::{eventually, probe};
 
-/// Connects from `pod` to server-b until the outcome is `allowed`.
+/// Connects from `pod` to server-b (on the other node) until the outcome is `allowed`.
 fn expect(mesh: &Mesh, pod: &str, allowed: bool, why: &str) {
+    expect_to(mesh, pod, "server-b", allowed, why)
+}
+
+fn expect_to(mesh: &Mesh, pod: &str, server: &str, allowed: bool, why: &str) {
     let netns = mesh.pod(pod).netns.clone();
-    let to = mesh.address("server-b", PORT);
+    let to = mesh.address(server, PORT);
     eventually(why, CHANGE, || match (probe::hello(&netns, to), allowed) {
         (Ok(_), true) | (Err(_), false) => Ok(()),
         (Ok(h), false) => Err(format!("still allowed: {h}")),
@@ -35,6 +39,13 @@ fn policies_apply_to_new_connections_and_close_open_ones() {
         "  selector: {matchLabels: {app: echo}}\n  action: DENY\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/demo/sa/client]}",
     );
     expect(&mesh, "client", false, "DENY by principal");
+    expect_to(
+        &mesh,
+        "client",
+        "server-a",
+        false,
+        "DENY applies on the same-node path too",
+    );
     eventually("the open connection is closed", CHANGE, || {
         probe::is_closed(&mut open)
             .then_some(())

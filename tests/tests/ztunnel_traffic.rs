@@ -62,6 +62,19 @@ fn captured_traffic_is_mtls_keeps_the_client_ip_and_spreads_over_endpoints() {
     let hello = probe::hello(&outsider.netns, mesh.address("server-b", PORT)).unwrap();
     assert_eq!(seen_ip(&hello), outsider.ip.to_string());
 
+    // The log level changes at run time, from the node only.
+    let node2 = mesh.topology.node(2).unwrap().netns.clone();
+    let admin: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+    let (status, _) = probe::http(&node2, admin, "POST", "/logging?level=debug").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        probe::http_get(&node2, admin, "/logging").unwrap().1.trim(),
+        "debug"
+    );
+    let (status, body) =
+        probe::http(&node2, admin, "POST", "/logging?level=no=such=level").unwrap();
+    assert_eq!(status, 400, "{body}");
+
     // Data flows both ways through the tunnel.
     let mut stream = probe::connect(&client.netns, mesh.address("server-b", PORT)).unwrap();
     probe::read_line(&stream).unwrap();
