@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambit_proto::api::certificate_service_server::CertificateServiceServer;
-use ambit_proto::api::config_discovery_service_server::ConfigDiscoveryServiceServer;
 use ambit_proto::tls::authority::CertificateAuthority;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
@@ -127,7 +126,7 @@ pub async fn run(
         .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
     info!(grpc = %config.grpc_addr, admin = %config.admin_addr, "controller serving");
     tonic::transport::Server::builder()
-        .add_service(ConfigDiscoveryServiceServer::new(config_server))
+        .add_service(config_server.service())
         .add_service(CertificateServiceServer::new(ca))
         .serve_with_incoming_shutdown(
             ambit_proto::grpc::incoming(listener, server_configs),

@@ -2,6 +2,13 @@
 //!
 //! Watch channels on both sides make bursts coalesce: while one translation runs, any number of
 //! state changes collapse into the newest, which is translated next.
+//!
+//! Scale: the first state is translated in full; every later one incrementally. The pipeline keeps
+//! the state it last translated (a copy that shares every object, see `model/state.rs`), finds the
+//! objects that differ by pointer comparison, re-translates what those can affect
+//! ([`Translator::update`]) and encodes only the resources that came out different. One pod
+//! change at 10k pods is a pass over ~12k pointers, one pod's translation and one resource's
+//! encoding.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +18,7 @@ use tracing::debug;
 
 use crate::model::ClusterState;
 use crate::push::Generation;
-use crate::translate::{Settings, translate};
+use crate::translate::{Settings, Translator};
 
 /// Waits until the source has delivered its first complete state (`source_ready`), then publishes
 /// a generation for it and for every change after it, until the state sender is dropped.
@@ -28,16 +35,25 @@ pub async fn run(
     if source_ready.wait_for(|ready| *ready).await.is_err() {
         return;
     }
+    let mut translator = Translator::new(settings);
+    let mut translated: Option<ClusterState> = None;
     loop {
         let since = Instant::now();
-        // Translating under the borrow avoids copying 10k pods; the source waits at most one
-        // translation to publish its next state.
-        let snapshot = {
+        // Under the borrow the source waits; it is held for one diff and one incremental
+        // translation, not for publishing.
+        let changes = {
             let state = states.borrow_and_update();
-            translate(&state, &settings)
+            let changes = match &translated {
+                None => translator.rebuild(&state),
+                Some(before) => translator.update(&state, &state.changes_since(before)),
+            };
+            translated = Some(state.clone());
+            changes
         };
-        let next = generations.borrow().next(&snapshot, since);
-        if next.number == 1 || !next.is_unchanged() {
+        let first = generations.borrow().number == 0;
+        if first || !changes.is_empty() {
+            let next = generations.borrow().apply(&changes, since);
+            let snapshot = translator.snapshot();
             debug!(
                 generation = next.number,
                 workloads = snapshot.workloads.len(),

@@ -12,7 +12,6 @@ use ambit_controller::push::{ConfigServer, Generation, PushMetrics};
 use ambit_controller::source::yaml::parse_file;
 use ambit_controller::translate::{Settings, translate};
 use ambit_proto::api::config_discovery_service_client::ConfigDiscoveryServiceClient;
-use ambit_proto::api::config_discovery_service_server::ConfigDiscoveryServiceServer;
 use ambit_proto::api::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse, type_url};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,7 +45,7 @@ impl Mesh {
         let server = ConfigServer::new(rx, PushMetrics::new(&mut registry));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let svc = ConfigDiscoveryServiceServer::new(server.clone());
+        let svc = server.service();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(svc)
@@ -324,6 +323,40 @@ async fn nothing_new_is_sent_until_the_last_response_is_answered_and_nack_keeps_
     assert_eq!(dump[0].nacks, 1);
     assert_eq!(dump[0].last_nack.as_deref(), Some("cannot apply workload"));
     c.ack(&r2).await;
+}
+
+#[tokio::test]
+async fn a_client_generations_behind_gets_exactly_what_changed_since() {
+    let (cart, db) = (
+        pod("cart", "node-1", "10.244.1.5"),
+        pod("db", "node-2", "10.244.2.5"),
+    );
+    let mesh = Mesh::start(&[BASE, &cart, &db].concat()).await;
+    let mut c = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    c.sync().await;
+
+    let moved = pod("cart", "node-1", "10.244.1.6");
+    mesh.publish(&[BASE, &moved, &db].concat());
+    let r1 = c.recv().await;
+    // While r1 is unanswered: web appears, db goes, web changes again.
+    let web = |ip| pod("web", "node-2", ip);
+    mesh.publish(&[BASE, &moved, &db, &web("10.244.2.7")].concat());
+    mesh.publish(&[BASE, &moved, &web("10.244.2.7")].concat());
+    mesh.publish(&[BASE, &moved, &web("10.244.2.8")].concat());
+    c.ack(&r1).await;
+    let r2 = c.recv().await;
+    assert_eq!(
+        names(&r2),
+        ["Kubernetes//Pod/shop/web"],
+        "cart is not resent"
+    );
+    assert_eq!(addresses(&r2), ["10.244.2.8"]);
+    assert_eq!(r2.removed_resources, ["Kubernetes//Pod/shop/db"]);
+    c.ack(&r2).await;
+    assert_eq!(
+        c.names(type_url::WORKLOAD),
+        ["Kubernetes//Pod/shop/cart", "Kubernetes//Pod/shop/web"]
+    );
 }
 
 #[tokio::test]

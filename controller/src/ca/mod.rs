@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use ambit_proto::Identity;
 use ambit_proto::api::certificate_service_server::CertificateService;
-use ambit_proto::api::{
-    CreateCertificateRequest, CreateCertificateResponse, resource::Kind, type_url,
-};
+use ambit_proto::api::{CreateCertificateRequest, CreateCertificateResponse};
 use ambit_proto::tls::authority::CertificateAuthority;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -101,22 +99,11 @@ impl CaService {
             Caller::Waypoint { namespace, name } => {
                 id.namespace() == namespace && id.service_account() == name
             }
-            Caller::NodeAgent { node } => {
-                let generation = self.generations.borrow();
-                generation
-                    .resources(type_url::WORKLOAD)
-                    .into_iter()
-                    .flat_map(|w| w.values())
-                    .any(|r| match &r.kind {
-                        Some(Kind::Workload(w)) => {
-                            w.node == *node
-                                && w.namespace == id.namespace()
-                                && w.service_account == id.service_account()
-                                && w.trust_domain == id.trust_domain()
-                        }
-                        _ => false,
-                    })
-            }
+            Caller::NodeAgent { node } => self.generations.borrow().workloads_on(node).any(|w| {
+                w.namespace == id.namespace()
+                    && w.service_account == id.service_account()
+                    && w.trust_domain == id.trust_domain()
+            }),
         }
     }
 }

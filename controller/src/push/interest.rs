@@ -5,13 +5,16 @@
 //! setup free of control-plane round trips. At 10k pods that is one shared, already-encoded copy
 //! per resource (`Arc`), not one per client.
 //!
+//! Per client and generation, a node agent's filter reads only its own node's workloads (through
+//! the generation's per-node index) and the policies; it never walks the mesh's workloads.
+//!
 //! Authorizations are filtered: a node agent gets the mesh-wide policies, those of namespaces it
 //! runs workloads in, and the selector policies its workloads carry; a waypoint gets the policies
 //! that target it or a service it serves. A policy enforced elsewhere never reaches a client.
 
 use std::collections::BTreeSet;
 
-use ambit_proto::api::{self, resource::Kind, type_url};
+use ambit_proto::api::{self, type_url};
 use tonic::Status;
 
 use super::resources::Generation;
@@ -51,21 +54,10 @@ impl Interest {
         let Some(policies) = generation.resources(type_url::AUTHORIZATION) else {
             return BTreeSet::new();
         };
-        let workloads = generation.resources(type_url::WORKLOAD);
-        let authz = |r: &api::Resource| match &r.kind {
-            Some(Kind::Authorization(a)) => Some(a.clone()),
-            _ => None,
-        };
         match self {
             Interest::NodeAgent { node } => {
-                let local: Vec<&api::Workload> = workloads
-                    .into_iter()
-                    .flat_map(|w| w.values())
-                    .filter_map(|r| match &r.kind {
-                        Some(Kind::Workload(w)) if w.node == *node => Some(w),
-                        _ => None,
-                    })
-                    .collect();
+                // Only this node's workloads (a few hundred), never the mesh's.
+                let local: Vec<&api::Workload> = generation.workloads_on(node).collect();
                 let namespaces: BTreeSet<&str> =
                     local.iter().map(|w| w.namespace.as_str()).collect();
                 let selected: BTreeSet<&str> = local
@@ -75,14 +67,17 @@ impl Interest {
                 policies
                     .iter()
                     .filter(|(name, r)| {
-                        authz(r).is_some_and(|a| match api::Scope::try_from(a.scope) {
-                            Ok(api::Scope::Global) => true,
-                            Ok(api::Scope::Namespace) => namespaces.contains(a.namespace.as_str()),
-                            Ok(api::Scope::WorkloadSelector) => selected.contains(name.as_str()),
-                            _ => false,
-                        })
+                        r.authorization()
+                            .is_some_and(|a| match api::Scope::try_from(a.scope) {
+                                Ok(api::Scope::Global) => true,
+                                Ok(api::Scope::Namespace) => {
+                                    namespaces.contains(a.namespace.as_str())
+                                }
+                                Ok(api::Scope::WorkloadSelector) => selected.contains(&***name),
+                                _ => false,
+                            })
                     })
-                    .map(|(name, _)| name.clone())
+                    .map(|(name, _)| name.to_string())
                     .collect()
             }
             Interest::Waypoint { namespace, name } => {
@@ -92,26 +87,21 @@ impl Interest {
                     .resources(type_url::SERVICE)
                     .into_iter()
                     .flat_map(|s| s.values())
-                    .filter_map(|r| match &r.kind {
-                        Some(Kind::Service(s))
-                            if waypoint_host(s).is_some_and(|h| h.starts_with(&host_prefix)) =>
-                        {
-                            Some(format!("Service/{}/{}", s.namespace, s.name))
-                        }
-                        _ => None,
-                    })
+                    .filter_map(|r| r.service())
+                    .filter(|s| waypoint_host(s).is_some_and(|h| h.starts_with(&host_prefix)))
+                    .map(|s| format!("Service/{}/{}", s.namespace, s.name))
                     .collect();
                 policies
                     .iter()
                     .filter(|(_, r)| {
-                        authz(r).is_some_and(|a| {
+                        r.authorization().is_some_and(|a| {
                             a.scope == api::Scope::Waypoint as i32
                                 && a.targets
                                     .iter()
                                     .any(|t| *t == gateway || served.contains(t))
                         })
                     })
-                    .map(|(name, _)| name.clone())
+                    .map(|(name, _)| name.to_string())
                     .collect()
             }
         }

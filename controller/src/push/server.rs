@@ -1,13 +1,10 @@
-//! The `ConfigDiscoveryService` gRPC service.
+//! The `ConfigDiscoveryService` gRPC service: one task per client stream.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ambit_proto::api::config_discovery_service_server::ConfigDiscoveryService;
-use ambit_proto::api::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse, type_url};
-use futures::Stream;
+use ambit_proto::api::{self, DeltaDiscoveryRequest, type_url};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::interest::Interest;
 use super::resources::{Generation, TYPES};
 use super::subscription::{Delta, Subscription};
+use super::wire::{ConfigDiscoveryService, DeltaResponse, ResponseStream};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
@@ -76,7 +74,12 @@ pub struct ClientDump {
     pub last_nack: Option<String>,
 }
 
-type Dumps = Arc<Mutex<BTreeMap<u64, ClientDump>>>;
+/// Each type's subscription of one client. Shared with the debug dump, which reads it only when
+/// asked: summarising 10k held versions per client on every push would cost more than the push.
+type Subscriptions = Arc<Mutex<HashMap<&'static str, Subscription>>>;
+
+/// Every connected client, for the debug dump.
+type Dumps = Arc<Mutex<BTreeMap<u64, (String, String, Subscriptions)>>>;
 
 #[derive(Clone)]
 pub struct ConfigServer {
@@ -96,22 +99,37 @@ impl ConfigServer {
         }
     }
 
+    /// The gRPC service, for `tonic::transport::Server::add_service`.
+    pub fn service(&self) -> ConfigDiscoveryService {
+        ConfigDiscoveryService(self.clone())
+    }
+
     /// What every connected client was sent and ACKed.
     pub fn dump(&self) -> Vec<ClientDump> {
-        self.dumps.lock().expect("lock").values().cloned().collect()
+        let clients: Vec<_> = self.dumps.lock().expect("lock").values().cloned().collect();
+        clients
+            .into_iter()
+            .map(|(node, role, subscriptions)| {
+                let subscriptions = subscriptions.lock().expect("lock");
+                ClientDump {
+                    node,
+                    role,
+                    held: subscriptions
+                        .iter()
+                        .map(|(t, s)| (t.to_string(), s.held()))
+                        .collect(),
+                    nacks: subscriptions.values().map(|s| s.nacks).sum(),
+                    last_nack: subscriptions.values().find_map(|s| s.last_nack.clone()),
+                }
+            })
+            .collect()
     }
-}
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl ConfigDiscoveryService for ConfigServer {
-    type DeltaConfigStream = ResponseStream;
-
-    async fn delta_config(
+    /// Serves one client stream: `DeltaConfig`.
+    pub async fn delta_config(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaConfigStream>, Status> {
+    ) -> Result<Response<ResponseStream>, Status> {
         let mut inbound = request.into_inner();
         // The first message names the client; nothing is sent before it.
         let first = inbound
@@ -124,13 +142,22 @@ impl ConfigDiscoveryService for ConfigServer {
             .ok_or_else(|| Status::invalid_argument("the first request must carry node"))?;
         let interest = Interest::from_node(&node)?;
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let subscriptions = Subscriptions::default();
+        let role = match &interest {
+            Interest::NodeAgent { node } => format!("node-agent {node}"),
+            Interest::Waypoint { namespace, name } => format!("waypoint {namespace}/{name}"),
+        };
+        self.dumps
+            .lock()
+            .expect("lock")
+            .insert(id, (node.id.clone(), role, subscriptions.clone()));
         // Room for one response per type: there is never more than that in flight.
         let (tx, rx) = mpsc::channel(TYPES.len());
         let stream = ClientStream {
             id,
             node,
             interest,
-            subscriptions: HashMap::new(),
+            subscriptions,
             generations: self.generations.clone(),
             metrics: self.metrics.clone(),
             dumps: self.dumps.clone(),
@@ -149,12 +176,12 @@ struct ClientStream {
     id: u64,
     node: api::Node,
     interest: Interest,
-    subscriptions: HashMap<&'static str, Subscription>,
+    subscriptions: Subscriptions,
     generations: watch::Receiver<Arc<Generation>>,
     metrics: PushMetrics,
     dumps: Dumps,
     nonce: u64,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<DeltaResponse, Status>>,
 }
 
 impl ClientStream {
@@ -176,7 +203,6 @@ impl ClientStream {
             if self.push().await.is_err() {
                 break; // the client is gone
             }
-            self.update_dump();
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => next = Some(req),
@@ -202,16 +228,17 @@ impl ClientStream {
             .ok_or_else(|| {
                 Status::invalid_argument(format!("unknown type_url {:?}", req.type_url))
             })?;
-        let first_for_type = !self.subscriptions.contains_key(type_url);
-        let sub = self.subscriptions.entry(type_url).or_default();
+        let mut subscriptions = self.subscriptions.lock().expect("lock");
+        let first_for_type = !subscriptions.contains_key(type_url);
+        let sub = subscriptions.entry(type_url).or_default();
         if !req.response_nonce.is_empty() {
             match sub.answered(&req.response_nonce, req.error_detail.as_ref()) {
                 Some(generation) => {
-                    let generation_since = self.generations.borrow().since;
-                    if generation == self.generations.borrow().number {
+                    let current = self.generations.borrow();
+                    if generation == current.number {
                         self.metrics
                             .push_latency
-                            .observe(generation_since.elapsed().as_secs_f64());
+                            .observe(current.since.elapsed().as_secs_f64());
                     }
                 }
                 None => {
@@ -238,37 +265,34 @@ impl ClientStream {
     /// Sends each type's delta against the newest generation, where nothing is in flight.
     async fn push(&mut self) -> Result<(), ()> {
         let generation = self.generations.borrow_and_update().clone();
+        for response in self.responses(&generation) {
+            self.tx.send(Ok(response)).await.map_err(drop)?;
+        }
+        Ok(())
+    }
+
+    /// The responses owed for `generation`, recorded as in flight.
+    fn responses(&mut self, generation: &Generation) -> Vec<DeltaResponse> {
+        let mut subscriptions = self.subscriptions.lock().expect("lock");
         let mut authorizations: Option<BTreeSet<String>> = None;
+        let mut responses = Vec::new();
         for type_url in TYPES {
-            let Some(sub) = self.subscriptions.get(type_url) else {
+            let Some(sub) = subscriptions.get_mut(type_url) else {
                 continue;
             };
             if sub.in_flight.is_some() || sub.rejected == Some(generation.number) {
                 continue;
             }
             let allowed = (type_url == type_url::AUTHORIZATION).then(|| {
-                authorizations
-                    .get_or_insert_with(|| self.interest.authorizations(&generation))
-                    .clone()
+                authorizations.get_or_insert_with(|| self.interest.authorizations(generation))
             });
-            let delta: Delta = sub.delta(&generation, type_url, allowed.as_ref());
+            let delta: Delta = sub.delta(generation, type_url, allowed.as_deref());
             if delta.is_empty() && !sub.owes_initial {
                 continue;
             }
             self.nonce += 1;
             let nonce = format!("{}-{}", generation.number, self.nonce);
-            let response = DeltaDiscoveryResponse {
-                system_version_info: generation.number.to_string(),
-                resources: delta.resources.iter().map(|r| (**r).clone()).collect(),
-                type_url: type_url.to_string(),
-                removed_resources: delta.removed.clone(),
-                nonce: nonce.clone(),
-            };
-            self.subscriptions.get_mut(type_url).expect("present").sent(
-                nonce,
-                generation.number,
-                &delta,
-            );
+            sub.sent(nonce.clone(), generation.number, &delta);
             self.metrics
                 .pushes
                 .get_or_create(&TypeLabel {
@@ -281,29 +305,14 @@ impl ClientStream {
                 removed = delta.removed.len(),
                 "push"
             );
-            self.tx.send(Ok(response)).await.map_err(drop)?;
+            responses.push(DeltaResponse {
+                system_version_info: generation.number.to_string(),
+                resources: delta.resources,
+                type_url: type_url.to_string(),
+                removed_resources: delta.removed,
+                nonce,
+            });
         }
-        Ok(())
-    }
-
-    fn update_dump(&self) {
-        let dump = ClientDump {
-            node: self.node.id.clone(),
-            role: match &self.interest {
-                Interest::NodeAgent { node } => format!("node-agent {node}"),
-                Interest::Waypoint { namespace, name } => format!("waypoint {namespace}/{name}"),
-            },
-            held: self
-                .subscriptions
-                .iter()
-                .map(|(t, s)| (t.to_string(), s.held()))
-                .collect(),
-            nacks: self.subscriptions.values().map(|s| s.nacks).sum(),
-            last_nack: self
-                .subscriptions
-                .values()
-                .find_map(|s| s.last_nack.clone()),
-        };
-        self.dumps.lock().expect("lock").insert(self.id, dump);
+        responses
     }
 }

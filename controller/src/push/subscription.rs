@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ambit_proto::api;
 
-use super::resources::{Generation, Resources};
+use super::resources::{Generation, Resources, Version, Versioned};
 
 /// A response sent and not yet answered.
 #[derive(Debug, Clone)]
@@ -14,15 +14,17 @@ pub struct InFlight {
     pub nonce: String,
     pub generation: u64,
     /// name -> new version (`None`: removed).
-    pub updates: Vec<(String, Option<String>)>,
+    pub updates: Vec<(Arc<str>, Option<Version>)>,
 }
 
 #[derive(Debug, Default)]
 pub struct Subscription {
     pub wildcard: bool,
     pub names: BTreeSet<String>,
-    /// What the client holds: name -> version, as of its last ACK.
-    pub acked: HashMap<String, String>,
+    /// What the client holds: name -> version, as of its last ACK. `None`: a version this
+    /// controller did not issue (sent by a reconnecting client), which matches nothing. Names are
+    /// shared with the generation's resources, so 10k held resources cost 10k pointers.
+    pub acked: HashMap<Arc<str>, Option<Version>>,
     /// The generation `acked` is exactly in sync with (0: unknown, diff everything).
     pub synced: u64,
     pub in_flight: Option<InFlight>,
@@ -38,8 +40,8 @@ pub struct Subscription {
 /// What to send.
 #[derive(Debug, Default)]
 pub struct Delta {
-    pub resources: Vec<Arc<api::Resource>>,
-    pub removed: Vec<String>,
+    pub resources: Vec<Arc<Versioned>>,
+    pub removed: Vec<Arc<str>>,
 }
 
 impl Delta {
@@ -78,7 +80,7 @@ impl Subscription {
         if let Some(initial) = initial {
             self.acked = initial
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.as_str().into(), Version::parse(v)))
                 .collect();
             self.synced = 0;
             self.owes_initial = true;
@@ -99,47 +101,43 @@ impl Subscription {
     ) -> Delta {
         let empty = Resources::new();
         let resources = generation.resources(type_url).unwrap_or(&empty);
-        let desired = |name: &str| {
-            resources
-                .get(name)
-                .filter(|_| self.subscribed(name) && allowed.is_none_or(|a| a.contains(name)))
-        };
-        // One generation behind: only what changed can differ. Filters on other types
-        // (authorizations) make that shortcut unsafe, so those always diff in full.
-        let incremental =
-            self.synced != 0 && self.synced + 1 == generation.number && allowed.is_none();
-        let candidates: BTreeSet<&str> = if incremental {
-            generation
-                .changed
-                .get(type_url)
-                .into_iter()
-                .flatten()
-                .map(String::as_str)
-                .collect()
-        } else {
-            resources
-                .keys()
-                .map(String::as_str)
-                .chain(self.acked.keys().map(String::as_str))
-                .collect()
-        };
         let mut delta = Delta::default();
-        for name in candidates {
-            match (desired(name), self.acked.get(name)) {
-                (Some(r), Some(held)) if r.version == *held => {}
+        let mut consider = |name: &str| {
+            let desired = resources
+                .get(name)
+                .filter(|_| self.subscribed(name) && allowed.is_none_or(|a| a.contains(name)));
+            match (desired, self.acked.get_key_value(name)) {
+                (Some(r), Some((_, Some(held)))) if r.version == *held => {}
                 (Some(r), _) => delta.resources.push(r.clone()),
-                (None, Some(_)) => delta.removed.push(name.to_string()),
+                (None, Some((name, _))) => delta.removed.push(name.clone()),
                 (None, None) => {}
             }
+        };
+        // A few generations behind: only what changed since can differ. Filters on other types
+        // (authorizations) make that shortcut unsafe, so those always diff in full.
+        let recent = (allowed.is_none())
+            .then(|| generation.changed_since(self.synced, type_url))
+            .flatten();
+        match recent {
+            Some(names) => names.into_iter().for_each(&mut consider),
+            None => {
+                resources.keys().for_each(|name| consider(name));
+                self.acked
+                    .keys()
+                    .filter(|name| !resources.contains_key(&***name))
+                    .for_each(|name| consider(name));
+            }
         }
+        // `acked` is a hash map: sort so that responses do not depend on its order.
+        delta.removed.sort();
         delta
     }
 
     pub fn sent(&mut self, nonce: String, generation: u64, delta: &Delta) {
-        let mut updates: Vec<(String, Option<String>)> = delta
+        let mut updates: Vec<(Arc<str>, Option<Version>)> = delta
             .resources
             .iter()
-            .map(|r| (r.name.clone(), Some(r.version.clone())))
+            .map(|r| (r.name.clone(), Some(r.version)))
             .collect();
         updates.extend(delta.removed.iter().map(|n| (n.clone(), None)));
         self.in_flight = Some(InFlight {
@@ -157,7 +155,7 @@ impl Subscription {
             None => {
                 for (name, version) in in_flight.updates {
                     match version {
-                        Some(v) => self.acked.insert(name, v),
+                        Some(v) => self.acked.insert(name, Some(v)),
                         None => self.acked.remove(&name),
                     };
                 }
@@ -180,7 +178,7 @@ impl Subscription {
     pub fn held(&self) -> BTreeMap<String, String> {
         self.acked
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_string(), v.map(|v| v.to_string()).unwrap_or_default()))
             .collect()
     }
 }

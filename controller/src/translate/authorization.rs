@@ -25,6 +25,11 @@ const WHEN_KEYS: &[&str] = &[
     "request.headers[<name>]",
 ];
 
+/// A policy's name on the wire, as workloads list it: "<namespace>/<name>".
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
 pub fn translate(
     policy: &AuthorizationPolicy,
     settings: &Settings,

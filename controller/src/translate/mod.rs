@@ -4,23 +4,26 @@
 //! so versions derived from their content are stable and a restarted controller sends a
 //! reconnecting client nothing it already has.
 //!
-//! Scale (10k pods): one full translation builds per-namespace indexes first, so each pod is
-//! matched only against its own namespace's services and policies (O(pods x services-per-
-//! namespace)), never against the whole mesh. The push layer diffs the result against what each
-//! client holds and sends only what changed.
+//! Scale (10k pods): a pod is matched only against its own namespace's services and policies (the
+//! state is sorted by kind and namespace, so those are a range, never a scan of the mesh). After
+//! the first state, translation is incremental ([`incremental`]): a change re-translates only the
+//! objects it can affect, so one pod change costs one pod's translation, not 10k.
 
 pub mod authorization;
+pub mod incremental;
 pub mod peer_auth;
 pub mod service;
 pub mod waypoint;
 pub mod workload;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ambit_proto::api;
-use k8s_openapi::api::core::v1::Service;
 
-use crate::model::{self, AuthorizationPolicy, ClusterState, Object};
+pub use incremental::{Changes, Translator};
+
+use crate::model::{AuthorizationPolicy, ClusterState, Object};
 
 /// Mesh-wide settings translation depends on.
 #[derive(Debug, Clone)]
@@ -86,71 +89,31 @@ pub fn validate(object: &Object) -> Result<(), ValidationError> {
     }
 }
 
-/// The mesh's resources, keyed as they are named on the wire.
+/// The mesh's resources, keyed as they are named on the wire. Each resource is shared (`Arc`)
+/// with the generations published from it, so holding both costs one copy.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    /// By uid.
-    pub workloads: BTreeMap<String, api::Workload>,
-    /// By "<namespace>/<hostname>".
-    pub services: BTreeMap<String, api::Service>,
-    /// By "<namespace>/<name>".
-    pub authorizations: BTreeMap<String, api::Authorization>,
+    /// By uid ([`workload::uid`]).
+    pub workloads: BTreeMap<String, Arc<api::Workload>>,
+    /// By "<namespace>/<hostname>" ([`service::key`]).
+    pub services: BTreeMap<String, Arc<api::Service>>,
+    /// By "<namespace>/<name>" ([`authorization::key`]).
+    pub authorizations: BTreeMap<String, Arc<api::Authorization>>,
 }
 
-/// Per-namespace views of the state, built once per translation.
-pub struct Index<'a> {
-    services: HashMap<&'a str, Vec<&'a Service>>,
-    selector_policies: HashMap<&'a str, Vec<&'a AuthorizationPolicy>>,
-}
-
-impl<'a> Index<'a> {
-    pub fn new(state: &'a ClusterState) -> Self {
-        let mut services: HashMap<&str, Vec<&Service>> = HashMap::new();
-        for svc in state.services() {
-            services
-                .entry(model::namespace(&svc.metadata))
-                .or_default()
-                .push(svc);
-        }
-        let mut selector_policies: HashMap<&str, Vec<&AuthorizationPolicy>> = HashMap::new();
-        for p in state
-            .authorization_policies()
-            .filter(|p| p.spec.selector.is_some())
-        {
-            selector_policies
-                .entry(model::namespace(&p.metadata))
-                .or_default()
-                .push(p);
-        }
-        Index {
-            services,
-            selector_policies,
-        }
-    }
-
-    pub fn services_in(&self, namespace: &str) -> impl Iterator<Item = &'a Service> + '_ {
-        self.services.get(namespace).into_iter().flatten().copied()
-    }
-
-    /// Selector policies that may select a workload of `namespace`: its own namespace's and, as
-    /// Istio does, the root namespace's (which select across the mesh).
-    pub fn selector_policies_for<'s>(
-        &'s self,
-        namespace: &'s str,
-        root: &'s str,
-    ) -> impl Iterator<Item = &'a AuthorizationPolicy> + 's {
-        let root = (namespace != root).then_some(root);
-        [Some(namespace), root]
-            .into_iter()
-            .flatten()
-            .flat_map(|ns| {
-                self.selector_policies
-                    .get(ns)
-                    .into_iter()
-                    .flatten()
-                    .copied()
-            })
-    }
+/// Selector policies that may select a workload of `namespace`: its own namespace's and, as
+/// Istio does, the root namespace's (which select across the mesh).
+pub fn selector_policies_for<'a>(
+    state: &'a ClusterState,
+    namespace: &'a str,
+    root: &'a str,
+) -> impl Iterator<Item = &'a AuthorizationPolicy> + 'a {
+    let root = (namespace != root).then_some(root);
+    [Some(namespace), root]
+        .into_iter()
+        .flatten()
+        .flat_map(|ns| state.authorization_policies_in(ns))
+        .filter(|p| p.spec.selector.is_some())
 }
 
 /// `matchLabels` semantics: every selector label present with the same value.
@@ -161,35 +124,10 @@ pub fn selector_matches(
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// Translates the whole state. Objects that fail translation are skipped and logged (sources
-/// validate on the way in, so this is a last line of defence, not the reporting path).
+/// Translates the whole state. The pipeline translates incrementally instead ([`Translator`]);
+/// this is the reference it must always agree with.
 pub fn translate(state: &ClusterState, settings: &Settings) -> Snapshot {
-    let index = Index::new(state);
-    let mut snapshot = Snapshot::default();
-    for pod in state.pods() {
-        if let Some(w) = workload::translate(pod, state, &index, settings) {
-            snapshot.workloads.insert(w.uid.clone(), w);
-        }
-    }
-    for svc in state.services() {
-        if let Some(s) = service::translate(svc, state, settings) {
-            snapshot
-                .services
-                .insert(format!("{}/{}", s.namespace, s.hostname), s);
-        }
-    }
-    for policy in state.authorization_policies() {
-        match authorization::translate(policy, settings) {
-            Ok(a) => {
-                snapshot
-                    .authorizations
-                    .insert(format!("{}/{}", a.namespace, a.name), a);
-            }
-            Err(e) => tracing::warn!(
-                policy = %format!("{}/{}", model::namespace(&policy.metadata), model::name(&policy.metadata)),
-                "skipping invalid AuthorizationPolicy: {e}"
-            ),
-        }
-    }
-    snapshot
+    let mut translator = Translator::new(settings.clone());
+    translator.rebuild(state);
+    translator.into_snapshot()
 }

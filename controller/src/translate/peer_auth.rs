@@ -11,7 +11,7 @@ use ambit_proto::api;
 
 use super::{Settings, selector_matches};
 use crate::model::istio::MtlsMode;
-use crate::model::{self, ClusterState, PeerAuthentication};
+use crate::model::{ClusterState, PeerAuthentication};
 
 pub fn mtls_mode(
     state: &ClusterState,
@@ -55,7 +55,5 @@ fn in_ns<'a>(
     state: &'a ClusterState,
     ns: &'a str,
 ) -> impl Iterator<Item = &'a PeerAuthentication> + 'a {
-    state
-        .peer_authentications()
-        .filter(move |pa| model::namespace(&pa.metadata) == ns)
+    state.peer_authentications_in(ns)
 }

@@ -11,6 +11,11 @@ pub fn hostname(name: &str, namespace: &str, settings: &Settings) -> String {
     format!("{name}.{namespace}.svc.{}", settings.cluster_domain)
 }
 
+/// A service's name on the wire: "<namespace>/<hostname>".
+pub fn key(namespace: &str, name: &str, settings: &Settings) -> String {
+    format!("{namespace}/{}", hostname(name, namespace, settings))
+}
+
 /// `None` for services the mesh does not route (ExternalName: DNS-only).
 pub fn translate(svc: &Service, state: &ClusterState, settings: &Settings) -> Option<api::Service> {
     let meta = &svc.metadata;

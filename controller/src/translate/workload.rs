@@ -7,18 +7,18 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::waypoint::{self, Traffic};
-use super::{Index, Settings, peer_auth, selector_matches, service};
+use super::{Settings, authorization, peer_auth, selector_matches, selector_policies_for, service};
 use crate::model::{self, ClusterState};
 
 pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 
+/// A pod's workload name on the wire.
+pub fn uid(namespace: &str, name: &str, settings: &Settings) -> String {
+    format!("{}//Pod/{namespace}/{name}", settings.cluster_id)
+}
+
 /// `None` for pods that are not workloads (finished, or not yet scheduled).
-pub fn translate(
-    pod: &Pod,
-    state: &ClusterState,
-    index: &Index<'_>,
-    settings: &Settings,
-) -> Option<api::Workload> {
+pub fn translate(pod: &Pod, state: &ClusterState, settings: &Settings) -> Option<api::Workload> {
     let meta = &pod.metadata;
     let (name, namespace) = (model::name(meta), model::namespace(meta));
     let labels = model::labels(meta);
@@ -90,7 +90,7 @@ pub fn translate(
         )
     };
 
-    let services = index
+    let services = state
         .services_in(namespace)
         .filter(|svc| {
             svc.spec
@@ -99,12 +99,8 @@ pub fn translate(
                 .is_some_and(|sel| !sel.is_empty() && selector_matches(sel, labels))
         })
         .map(|svc| {
-            let key = format!(
-                "{namespace}/{}",
-                service::hostname(model::name(&svc.metadata), namespace, settings)
-            );
             (
-                key,
+                service::key(namespace, model::name(&svc.metadata), settings),
                 api::PortList {
                     ports: service_ports(svc, pod),
                 },
@@ -112,21 +108,14 @@ pub fn translate(
         })
         .collect();
 
-    let authorization_policies = index
-        .selector_policies_for(namespace, &settings.root_namespace)
+    let authorization_policies = selector_policies_for(state, namespace, &settings.root_namespace)
         .filter(|p| {
             p.spec
                 .selector
                 .as_ref()
                 .is_some_and(|s| selector_matches(&s.match_labels, labels))
         })
-        .map(|p| {
-            format!(
-                "{}/{}",
-                model::namespace(&p.metadata),
-                model::name(&p.metadata)
-            )
-        })
+        .map(|p| authorization::key(model::namespace(&p.metadata), model::name(&p.metadata)))
         .collect();
 
     let service_account = spec
@@ -136,7 +125,7 @@ pub fn translate(
         .unwrap_or_else(|| "default".to_string());
     let workload_name = workload_name(pod);
     Some(api::Workload {
-        uid: format!("{}//Pod/{namespace}/{name}", settings.cluster_id),
+        uid: uid(namespace, name, settings),
         name: name.to_string(),
         namespace: namespace.to_string(),
         service_account,
