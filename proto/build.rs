@@ -6,10 +6,17 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from("proto");
-    let files: Vec<PathBuf> = ["workload", "service", "authorization", "ca", "discovery"]
-        .iter()
-        .map(|name| root.join("ambit/v1").join(format!("{name}.proto")))
-        .collect();
+    let files: Vec<PathBuf> = [
+        "workload",
+        "service",
+        "authorization",
+        "route",
+        "ca",
+        "discovery",
+    ]
+    .iter()
+    .map(|name| root.join("ambit/v1").join(format!("{name}.proto")))
+    .collect();
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -3,6 +3,8 @@
 //! - [`api`]: the protobuf messages and gRPC services (config discovery, certificates);
 //! - [`authz`]: evaluating authorization policies, the same for node agents and waypoints;
 //! - [`identity`]: SPIFFE workload identities;
+//! - [`mesh`]: a proxy's indexed view of the config it was sent;
+//! - [`certs`]: certificates from the mesh CA, renewed before they expire;
 //! - [`tls`]: SPIFFE mTLS configurations and the certificate authority's signing half;
 //! - [`grpc`]: gRPC with the control plane over SPIFFE-verified TLS;
 //! - [`hbone`]: HBONE, mTLS HTTP/2 CONNECT tunnels on port 15008, wire-compatible with Istio;
@@ -13,10 +15,12 @@
 
 pub mod admin;
 pub mod authz;
+pub mod certs;
 pub mod drain;
 pub mod grpc;
 pub mod hbone;
 pub mod identity;
+pub mod mesh;
 pub mod net;
 pub mod relay;
 pub mod settings;
@@ -35,6 +39,10 @@ pub mod api {
         pub const WORKLOAD: &str = "type.ambit.dev/ambit.v1.Workload";
         pub const SERVICE: &str = "type.ambit.dev/ambit.v1.Service";
         pub const AUTHORIZATION: &str = "type.ambit.dev/ambit.v1.Authorization";
+        /// HTTP routes for waypoints (Gateway API HTTPRoute), named "<namespace>/<name>".
+        pub const ROUTE: &str = "type.ambit.dev/ambit.v1.Route";
+        /// Per-service traffic policies for waypoints (Istio DestinationRule), "<namespace>/<name>".
+        pub const BACKEND_POLICY: &str = "type.ambit.dev/ambit.v1.BackendPolicy";
     }
 }
 
