@@ -13,8 +13,9 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::ca::auth::{Caller, TokenFiles};
-use crate::ca::{CaMetrics, CaService, store};
+use crate::ca::auth::{Authenticator, Caller, TokenFiles};
+use crate::ca::token_review::TokenReviewer;
+use crate::ca::{CaMetrics, CaService, secret, store};
 use crate::config::Config;
 use crate::model::{self, ClusterState};
 use crate::pipeline;
@@ -28,53 +29,24 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let authority = Arc::new(
-        store::load_or_generate(&config.ca_dir(), &config.trust_domain, config.root_ttl)
-            .context("loading the CA")?,
-    );
-    let tokens = Arc::new(
-        TokenFiles::open(config.data_dir.join("tokens")).context("opening the token directory")?,
-    );
-
     let (states_tx, states) = watch::channel(ClusterState::new());
     let (reports_tx, reports) = watch::channel(LoadReport::default());
     let (ready_tx, source_ready) = watch::channel(false);
-    match &config.manifests {
+    let (authority, auth) = match &config.manifests {
         Some(dir) => {
-            let mut reports_rx = reports.clone();
-            tokio::spawn(standalone::watch(
-                Directory::new(dir),
-                config.reload_interval,
-                states_tx,
+            let source = Directory::new(dir);
+            start_standalone(
+                &config,
+                source,
+                (states_tx, states.clone()),
                 reports_tx,
-            ));
-            let (states, tokens) = (states.clone(), tokens.clone());
-            tokio::spawn(async move {
-                if reports_rx.changed().await.is_ok() {
-                    // Token files before readiness: an agent told the controller is ready must
-                    // find its token.
-                    let (written_tx, written) = oneshot::channel();
-                    tokio::spawn(keep_tokens(states, tokens, written_tx));
-                    if written.await.is_ok() {
-                        ready_tx.send_replace(true);
-                    }
-                }
-            });
+                ready_tx,
+            )?
         }
-        None => {
-            // Validation guarantees --kubernetes here. Until TokenReview authentication exists
-            // the CA knows only the token files, so on a cluster it refuses every caller (fails
-            // closed) while config is served.
-            let source = KubernetesSource::try_default()
-                .await
-                .context("connecting to Kubernetes")?;
-            tokio::spawn(async move {
-                if let Err(e) = source.run(states_tx, ready_tx).await {
-                    warn!("Kubernetes source stopped: {e}");
-                }
-            });
-        }
-    }
+        // Validation guarantees --kubernetes here.
+        None => start_kubernetes(&config, (states_tx, states.clone()), ready_tx).await?,
+    };
+    let authority = Arc::new(authority);
 
     let (generations_tx, generations) = watch::channel(Arc::new(Generation::empty()));
     tokio::spawn(pipeline::run(
@@ -88,7 +60,7 @@ pub async fn run(
     let config_server = ConfigServer::new(generations.clone(), PushMetrics::new(&mut registry));
     let ca = CaService::new(
         authority.clone(),
-        tokens,
+        auth,
         generations.clone(),
         config.cert_ttl,
         CaMetrics::new(&mut registry),
@@ -136,6 +108,85 @@ pub async fn run(
         .context("gRPC server")?;
     info!("controller stopped");
     Ok(())
+}
+
+type Started = (CertificateAuthority, Arc<dyn Authenticator>);
+
+/// Standalone: watches the manifest directory; the CA lives in the data directory and callers
+/// authenticate with the token files written there. Ready once the manifests are loaded and every
+/// token file they call for is written (an agent told the controller is ready finds its token).
+fn start_standalone(
+    config: &Config,
+    source: Directory,
+    (states_tx, states): (watch::Sender<ClusterState>, watch::Receiver<ClusterState>),
+    reports_tx: watch::Sender<LoadReport>,
+    ready_tx: watch::Sender<bool>,
+) -> anyhow::Result<Started> {
+    let authority =
+        store::load_or_generate(&config.ca_dir(), &config.trust_domain, config.root_ttl)
+            .context("loading the CA")?;
+    let tokens = Arc::new(
+        TokenFiles::open(config.data_dir.join("tokens")).context("opening the token directory")?,
+    );
+    let mut reports = reports_tx.subscribe();
+    tokio::spawn(standalone::watch(
+        source,
+        config.reload_interval,
+        states_tx,
+        reports_tx,
+    ));
+    let written_by = tokens.clone();
+    tokio::spawn(async move {
+        if reports.changed().await.is_ok() {
+            let (written_tx, written) = oneshot::channel();
+            tokio::spawn(keep_tokens(states, written_by, written_tx));
+            if written.await.is_ok() {
+                ready_tx.send_replace(true);
+            }
+        }
+    });
+    Ok((authority, tokens))
+}
+
+/// Kubernetes: watches the API server; callers authenticate with their ServiceAccount tokens
+/// (TokenReview). A plug-in CA mounted into the CA directory is used as it is; otherwise the root
+/// is kept in a Secret, so restarts and replicas share it.
+async fn start_kubernetes(
+    config: &Config,
+    (states_tx, states): (watch::Sender<ClusterState>, watch::Receiver<ClusterState>),
+    ready_tx: watch::Sender<bool>,
+) -> anyhow::Result<Started> {
+    let source = KubernetesSource::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let client = source.client();
+    let authority = match store::load(&config.ca_dir(), &config.trust_domain)
+        .context("loading the plug-in CA")?
+    {
+        Some(ca) => ca,
+        None => secret::load_or_create(
+            client.clone(),
+            &config.controller_namespace,
+            &config.trust_domain,
+            config.root_ttl,
+        )
+        .await
+        .context("loading the CA")?,
+    };
+    let audiences = config
+        .token_audiences
+        .iter()
+        .filter(|a| !a.is_empty())
+        .cloned()
+        .collect();
+    let node_agent = config.node_agent_account().map_err(anyhow::Error::msg)?;
+    let auth = TokenReviewer::new(client, node_agent, audiences, states);
+    tokio::spawn(async move {
+        if let Err(e) = source.run(states_tx, ready_tx).await {
+            warn!("Kubernetes source stopped: {e}");
+        }
+    });
+    Ok((authority, Arc::new(auth)))
 }
 
 /// The controller's own TLS certificate, re-issued at half its life so it never expires while

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ambit_proto::Identity;
 use clap::Parser;
 
+use crate::ca::token_review::ServiceAccountName;
 use crate::translate::Settings;
 
 #[derive(Debug, Clone, Parser)]
@@ -24,7 +25,9 @@ pub struct Config {
     /// Kubernetes mode: watch the API server (in-cluster config or KUBECONFIG).
     #[arg(long, env = "AMBIT_KUBERNETES", default_value_t = false)]
     pub kubernetes: bool,
-    /// Where the CA and the per-node tokens live (standalone).
+    /// Where the CA and the per-node tokens live (standalone). On Kubernetes only a plug-in CA
+    /// mounted in <data-dir>/ca (or --ca-dir) is read from disk; a generated root is kept in the
+    /// Secret `ambit-ca` of --controller-namespace.
     #[arg(
         long,
         env = "AMBIT_DATA_DIR",
@@ -46,6 +49,14 @@ pub struct Config {
         default_value = "ambit-system"
     )]
     pub controller_namespace: String,
+    /// Kubernetes: the node agents' ServiceAccount, `<namespace>/<name>`; only its tokens obtain
+    /// certificates for the workloads of their node. Default: <controller-namespace>/ambit-ztunnel.
+    #[arg(long, env = "AMBIT_NODE_AGENT_SERVICE_ACCOUNT")]
+    pub node_agent_service_account: Option<String>,
+    /// Kubernetes: audiences a caller's token must be issued for, comma-separated (e.g. the
+    /// audience of the agents' projected tokens). Empty: the API server's default audience.
+    #[arg(long, env = "AMBIT_TOKEN_AUDIENCES", value_delimiter = ',')]
+    pub token_audiences: Vec<String>,
     #[arg(long, env = "AMBIT_CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
     #[arg(long, env = "AMBIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
@@ -100,6 +111,9 @@ impl Config {
             }
             _ => {}
         }
+        if let Err(e) = self.node_agent_account() {
+            errors.push(format!("--node-agent-service-account: {e}"));
+        }
         if let Err(e) = self.controller_identity() {
             errors.push(format!("--trust-domain / --controller-namespace: {e}"));
         }
@@ -133,6 +147,27 @@ impl Config {
             &self.controller_namespace,
             "ambit-controller",
         )
+    }
+
+    /// The node agents' ServiceAccount (Kubernetes mode).
+    pub fn node_agent_account(&self) -> Result<ServiceAccountName, String> {
+        let Some(value) = &self.node_agent_service_account else {
+            return Ok(ServiceAccountName {
+                namespace: self.controller_namespace.clone(),
+                name: "ambit-ztunnel".into(),
+            });
+        };
+        match value.split_once('/') {
+            Some((namespace, name))
+                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(ServiceAccountName {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })
+            }
+            _ => Err(format!("{value:?} is not <namespace>/<name>")),
+        }
     }
 
     pub fn ca_dir(&self) -> PathBuf {
@@ -183,11 +218,18 @@ mod tests {
             "127.0.0.1:1",
             "--admin-addr",
             "127.0.0.1:1",
+            "--node-agent-service-account",
+            "ambit-ztunnel",
         ]);
         let errors = config.validate().unwrap_err();
-        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert_eq!(errors.len(), 5, "{errors:#?}");
         let dir = tempfile::tempdir().unwrap();
         let good = parse(&["--manifests", dir.path().to_str().unwrap()]);
         assert_eq!(good.validate(), Ok(()));
+        let agents = good.node_agent_account().unwrap();
+        assert_eq!(
+            agents.username(),
+            "system:serviceaccount:ambit-system:ambit-ztunnel"
+        );
     }
 }

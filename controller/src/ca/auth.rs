@@ -2,8 +2,11 @@
 //!
 //! Standalone, the controller writes one random token per node and per waypoint into its data
 //! directory (mode 0600); whoever can read `tokens/node-<name>.token` is that node's agent, which
-//! is the same trust a kubelet's credentials give on a real node. On Kubernetes the token is the
-//! agent's ServiceAccount token, checked with a TokenReview (the Kubernetes mode).
+//! is the same trust a kubelet's credentials give on a real node ([`TokenFiles`]). On Kubernetes
+//! the token is the caller's ServiceAccount token, checked with a TokenReview
+//! ([`super::token_review::TokenReviewer`]).
+//!
+//! Every refusal is an [`AuthError`], which names its gRPC status and its metric label.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,10 +27,72 @@ pub enum AuthError {
     Missing,
     #[error("the token is not known to this controller")]
     Unknown,
+    /// The API server says the token is not valid (expired, revoked, forged, wrong audience).
+    #[error("the Kubernetes API server rejected the token: {0}")]
+    Rejected(String),
+    /// Authenticated, but as an account that may not obtain certificates.
+    #[error(
+        "{user} may not obtain certificates: only the node agent ({node_agent}) and waypoints may"
+    )]
+    NotAllowed { user: String, node_agent: String },
+    /// Not a pod-bound token, so there is no node to read.
+    #[error("the token is not bound to a pod; use a projected ServiceAccount token")]
+    NotBound,
+    #[error("the token's pod {pod} is not known to the controller (deleted, or not seen yet)")]
+    UnknownPod { pod: String },
+    #[error(
+        "the token was issued for pod {pod} with uid {claimed}, but that pod now has uid {actual}"
+    )]
+    PodUidMismatch {
+        pod: String,
+        claimed: String,
+        actual: String,
+    },
+    #[error("the token's pod {pod} runs as {actual}, not as {user}")]
+    WrongPodAccount {
+        pod: String,
+        user: String,
+        actual: String,
+    },
+    #[error("the token's pod {pod} is not scheduled on a node")]
+    Unscheduled { pod: String },
+    /// The API server could not be asked: not the caller's fault, and worth a retry.
+    #[error("TokenReview failed: {0}")]
+    ReviewFailed(String),
 }
 
+impl AuthError {
+    /// The `reason` label of the CA's denial counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing | AuthError::Unknown | AuthError::Rejected(_) => "unauthenticated",
+            AuthError::NotAllowed { .. } => "wrong_service_account",
+            AuthError::NotBound => "unbound_token",
+            AuthError::UnknownPod { .. } => "unknown_pod",
+            AuthError::PodUidMismatch { .. } | AuthError::WrongPodAccount { .. } => "pod_mismatch",
+            AuthError::Unscheduled { .. } => "unscheduled_pod",
+            AuthError::ReviewFailed(_) => "token_review_failed",
+        }
+    }
+
+    /// Unauthenticated when the token proves nothing; PermissionDenied when it proves an account
+    /// or a pod that may not have certificates; Unavailable when the API server could not be
+    /// asked.
+    pub fn status(&self) -> tonic::Status {
+        let message = self.to_string();
+        match self {
+            AuthError::Missing | AuthError::Unknown | AuthError::Rejected(_) => {
+                tonic::Status::unauthenticated(message)
+            }
+            AuthError::ReviewFailed(_) => tonic::Status::unavailable(message),
+            _ => tonic::Status::permission_denied(message),
+        }
+    }
+}
+
+#[tonic::async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate(&self, token: &str) -> Result<Caller, AuthError>;
+    async fn authenticate(&self, token: &str) -> Result<Caller, AuthError>;
 }
 
 /// The bearer token of a gRPC request.
@@ -90,8 +155,9 @@ impl TokenFiles {
     }
 }
 
+#[tonic::async_trait]
 impl Authenticator for TokenFiles {
-    fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+    async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.known
             .read()

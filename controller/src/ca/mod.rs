@@ -7,7 +7,9 @@
 //! signable at once.
 
 pub mod auth;
+pub mod secret;
 pub mod store;
+pub mod token_review;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -114,9 +116,11 @@ impl CertificateService for CaService {
         &self,
         request: Request<CreateCertificateRequest>,
     ) -> Result<Response<CreateCertificateResponse>, Status> {
-        let caller = bearer(request.metadata())
-            .and_then(|t| self.auth.authenticate(t))
-            .map_err(|e| self.deny("unauthenticated", Status::unauthenticated(e.to_string())))?;
+        let authenticated = match bearer(request.metadata()) {
+            Ok(token) => self.auth.authenticate(token).await,
+            Err(e) => Err(e),
+        };
+        let caller = authenticated.map_err(|e| self.deny(e.reason(), e.status()))?;
         let req = request.into_inner();
         let identity = Identity::from_str(&req.identity)
             .map_err(|e| self.deny("bad_request", Status::invalid_argument(e.to_string())))?;

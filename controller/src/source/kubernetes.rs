@@ -72,6 +72,11 @@ impl KubernetesSource {
         KubernetesSource { client }
     }
 
+    /// The API client, for other Kubernetes-facing parts (the CA's TokenReview and Secret).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// A client from the in-cluster service account, or else KUBECONFIG / `~/.kube/config`.
     pub async fn try_default() -> Result<Self, SourceError> {
         Client::try_default()
