@@ -170,7 +170,8 @@ pub async fn forward(
                 } else {
                     format!("per-try timeout waiting for {}", endpoint.addr)
                 });
-                let retries = retry.is_some_and(|r| r.on_5xx || r.on_gateway_error);
+                // A timed-out try is answered as 504, so it is retried as a 504 would be.
+                let retries = retry.is_some_and(|r| r.retries_status(504));
                 if by_deadline || !(retries && after_send_ok) {
                     return Err(last);
                 }

@@ -199,18 +199,22 @@ impl Mesh {
         );
     }
 
-    /// A tunnel to the waypoint for `authority`, as the client's node agent opens it.
+    /// The tunnel the client's node agent opens to the waypoint for `authority`.
+    pub fn connect_request(&self, authority: SocketAddr) -> ConnectRequest {
+        ConnectRequest {
+            source: self.client_cert.clone(),
+            destination_identities: vec![self.waypoint_identity.clone()],
+            hbone_address: self.waypoint,
+            source_address: None,
+            authority,
+            forwarded_for: Some(SocketAddr::new(CLIENT_IP.parse().unwrap(), 40000)),
+            headers: Vec::new(),
+        }
+    }
+
     pub async fn tunnel(&self, authority: SocketAddr) -> hbone::H2Stream {
         self.client
-            .connect(ConnectRequest {
-                source: self.client_cert.clone(),
-                destination_identities: vec![self.waypoint_identity.clone()],
-                hbone_address: self.waypoint,
-                source_address: None,
-                authority,
-                forwarded_for: Some(SocketAddr::new(CLIENT_IP.parse().unwrap(), 40000)),
-                headers: Vec::new(),
-            })
+            .connect(self.connect_request(authority))
             .await
             .expect("tunnel to the waypoint")
     }
