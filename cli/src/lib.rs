@@ -4,4 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod cmd;
+pub mod demo;
 pub mod lab;

@@ -63,6 +63,40 @@ impl ConnectError {
     }
 }
 
+/// Checks the shape of a `host:port` target at parse time, so a typo is bad usage (exit 64)
+/// rather than a failed lookup.
+pub fn parse_target(target: &str) -> Result<String, String> {
+    match target.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(target.to_owned())
+        }
+        _ => Err(format!("{target:?} is not ip:port or name:port")),
+    }
+}
+
+/// `ip:port`, or `name:port` looked up like any program would (in a lab pod, through the pod's
+/// `/etc/hosts`, where the lab writes service names).
+pub async fn resolve(target: &str) -> Result<SocketAddr, ResolveError> {
+    if let Ok(addr) = target.parse() {
+        return Ok(addr);
+    }
+    let fail = |reason: String| ResolveError {
+        target: target.to_owned(),
+        reason,
+    };
+    let mut addrs = tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    addrs.next().ok_or_else(|| fail("no address".into()))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve {target:?} (want ip:port or name:port): {reason}")]
+pub struct ResolveError {
+    target: String,
+    reason: String,
+}
+
 /// Connects, sends the payload, and copies what the server sends to `out` as it arrives (so
 /// output received before a failure is not lost).
 pub async fn run<W: AsyncWrite + Unpin>(

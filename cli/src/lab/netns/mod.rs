@@ -127,6 +127,51 @@ impl Topology {
         Ok(topology)
     }
 
+    /// Takes over a topology that another process built and left in place with
+    /// [`Topology::release`] (the lab: `ambit lab up` builds it, `ambit apply` adds pods later).
+    /// Touches nothing in the kernel: `nodes` and `pods` must describe what exists. Addresses
+    /// of `pods` are taken, so new pods get fresh ones.
+    pub fn adopt(
+        prefix: &str,
+        nodes: impl IntoIterator<Item = u8>,
+        pods: impl IntoIterator<Item = PodInfo>,
+    ) -> Result<Topology, NetnsError> {
+        plan::validate_prefix(prefix)?;
+        let mut topology = Topology {
+            prefix: prefix.to_owned(),
+            nodes: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            // Until adoption succeeds, a failure must not tear down what another process owns.
+            destroyed: true,
+        };
+        for index in nodes {
+            let info = plan::node_info(prefix, index)?;
+            topology.nodes.insert(
+                index,
+                Node {
+                    info,
+                    hosts: HostAllocator::new(),
+                },
+            );
+        }
+        for pod in pods {
+            let node = topology
+                .nodes
+                .get_mut(&pod.node)
+                .ok_or(NetnsError::NoSuchNode(pod.node))?;
+            node.hosts.take(pod.ip.octets()[3]);
+            topology.pods.insert(pod.name.clone(), pod);
+        }
+        topology.destroyed = false;
+        Ok(topology)
+    }
+
+    /// Forgets the topology without removing it: it stays in the kernel for a later
+    /// [`Topology::adopt`] or [`Topology::cleanup`].
+    pub fn release(mut self) {
+        self.destroyed = true;
+    }
+
     /// Adds node `index` (1..=254): netns `<prefix>-node<index>` with `eth0` =
     /// 192.168.100.`index`/24 on the bridge, pod CIDR 10.244.`index`.0/24, `ip_forward=1`,
     /// `rp_filter=0`, and routes between its pod CIDR and every other node's (both ways).
@@ -297,12 +342,16 @@ impl Topology {
     /// state they are in: a topology that was dropped, leaked, half-built or left by a crashed
     /// process. A prefix that has nothing is fine.
     pub fn cleanup(prefix: &str) -> Result<(), NetnsError> {
+        sys::remove_netns(&Self::list(prefix)?)
+    }
+
+    /// The namespaces named `<prefix>-*` that exist now, sorted.
+    pub fn list(prefix: &str) -> Result<Vec<String>, NetnsError> {
         plan::validate_prefix(prefix)?;
-        let owned: Vec<String> = sys::list_netns()?
+        Ok(sys::list_netns()?
             .into_iter()
             .filter(|name| plan::owned_by(name, prefix))
-            .collect();
-        sys::remove_netns(&owned)
+            .collect())
     }
 }
 

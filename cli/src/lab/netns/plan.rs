@@ -192,6 +192,15 @@ impl HostAllocator {
         Some(host)
     }
 
+    /// Marks `host` as in use (a pod that already exists), and hands out later addresses
+    /// after it, as if it had been the last one allocated.
+    pub(crate) fn take(&mut self, host: u8) {
+        self.used[usize::from(host)] = true;
+        if (Self::FIRST..Self::LAST).contains(&host) && host >= self.next {
+            self.next = host + 1;
+        }
+    }
+
     pub(crate) fn release(&mut self, host: u8) {
         self.used[usize::from(host)] = false;
     }

@@ -1,0 +1,64 @@
+//! Snapshot tests of the tables: a fixed lab (placement by hand), translated by the controller's
+//! code exactly as `ambit get` does.
+
+use super::*;
+use crate::cmd::testing::fixture;
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn pods_table() {
+    let dir = tempdir();
+    let (state, mesh) = fixture(dir.path());
+    assert_eq!(
+        pods(&state, &mesh.state),
+        "\
+NAMESPACE   NAME       NODE    IP           MESH                 STATUS
+demo        client     node1   10.244.1.2   ambient (captured)   Idle
+demo        server     node2   10.244.2.2   ambient (captured)   Idle
+legacy      outsider   node1   10.244.1.3   -                    Idle
+"
+    );
+}
+
+#[test]
+fn services_table() {
+    let dir = tempdir();
+    let (_, mesh) = fixture(dir.path());
+    assert_eq!(
+        services(&mesh.state),
+        "\
+NAMESPACE   NAME   VIP          PORTS      ENDPOINTS         WAYPOINT
+demo        echo   10.96.0.10   80->8080   10.244.2.2:8080   -
+"
+    );
+}
+
+#[test]
+fn policies_table() {
+    let dir = tempdir();
+    let (_, mesh) = fixture(dir.path());
+    assert_eq!(
+        policies(&mesh.state),
+        "\
+NAMESPACE   NAME          ACTION   RULES   APPLIES TO
+demo        deny-client   DENY     1       demo/server
+"
+    );
+}
+
+#[test]
+fn nodes_table() {
+    let dir = tempdir();
+    let (state, _) = fixture(dir.path());
+    assert_eq!(
+        nodes(&state, |n| format!("agent {n}")),
+        "\
+NODE    ADDRESS         POD CIDR        PODS   AGENT
+node1   192.168.100.1   10.244.1.0/24   2      agent 1
+node2   192.168.100.2   10.244.2.0/24   1      agent 2
+"
+    );
+}

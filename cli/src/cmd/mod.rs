@@ -1,0 +1,102 @@
+//! The operator commands, each a function from its arguments to what it prints. Errors are
+//! `anyhow` here: this is the edge where the lab's typed errors become messages.
+//!
+//! - [`objects`]: `apply`, `delete`, `label`;
+//! - [`get`]: `get pods|services|policies`, `lab status`;
+//! - [`explain`], [`ztunnel_config`], [`check`]: looking into the mesh;
+//! - [`exec`]: running a command in a pod.
+
+pub mod check;
+pub mod exec;
+pub mod explain;
+pub mod get;
+pub mod objects;
+pub mod table;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod ztunnel_config;
+
+use anyhow::{Context as _, Result};
+
+use crate::lab::state::{LabDir, LabState};
+use crate::lab::view::{self, MeshView};
+
+/// The running lab's state and its translated mesh.
+pub fn load_lab(dir: &LabDir) -> Result<(LabState, MeshView)> {
+    let state = dir.load()?;
+    let mesh = view::load(&dir.manifests()).context("translating the lab's manifests")?;
+    Ok((state, mesh))
+}
+
+/// `ambit get <what>`.
+pub fn get(dir: &LabDir, what: &str) -> Result<String> {
+    let (state, mesh) = load_lab(dir)?;
+    let mut out = match what {
+        "pods" | "pod" | "po" => get::pods(&state, &mesh.state),
+        "services" | "service" | "svc" => get::services(&mesh.state),
+        "policies" | "policy" | "authorizationpolicies" => get::policies(&mesh.state),
+        other => anyhow::bail!("cannot get {other:?}: use pods, services or policies"),
+    };
+    for rejected in &mesh.errors {
+        out += &format!("warning: the controller skips {rejected}\n");
+    }
+    Ok(out)
+}
+
+/// `ambit lab status`.
+pub fn status(dir: &LabDir) -> Result<String> {
+    let (state, mesh) = load_lab(dir)?;
+    let controller = match &state.controller {
+        Some(p) if p.alive() => format!(
+            "running (pid {}), config and CA at {}",
+            p.pid,
+            crate::lab::admin::CONTROLLER_GRPC
+        ),
+        Some(_) => "NOT RUNNING (see its log in the lab directory)".into(),
+        None => "not started".into(),
+    };
+    let agent = |n: u8| match state.agents.get(&n) {
+        Some(p) if p.alive() => {
+            let netns = format!("{}-{}", state.prefix, LabState::node_name(n));
+            match crate::lab::admin::get(&netns, crate::lab::admin::AGENT_ADMIN, "/ready") {
+                Ok((200, _)) => format!("ready (pid {})", p.pid),
+                Ok((_, body)) => format!("running, {}", body.trim()),
+                Err(_) => "running, admin not answering".into(),
+            }
+        }
+        Some(_) => "NOT RUNNING".into(),
+        None => "not started".into(),
+    };
+    let mut out = format!(
+        "Lab {} in {}\n\nController: {controller}\n\n",
+        state.prefix,
+        dir.root.display()
+    );
+    out += &get::nodes(&state, agent);
+    out += "\n";
+    out += &get::pods(&state, &mesh.state);
+    let waypoints: Vec<String> = mesh
+        .state
+        .workloads
+        .values()
+        .filter(|w| !w.spec.waypoint_for.is_empty())
+        .map(|w| w.display_name())
+        .collect();
+    let gateways = crate::lab::objects::Store::new(dir.objects())
+        .load()?
+        .into_keys()
+        .filter(|k| k.kind == "Gateway")
+        .map(|k| format!("{}/{}", k.namespace, k.name))
+        .collect::<Vec<_>>();
+    out += "\nWaypoints: ";
+    out += &match (gateways.is_empty(), waypoints.is_empty()) {
+        (true, _) => "none".to_owned(),
+        (false, true) => format!(
+            "{} declared, none deployed: the lab does not run waypoints yet (the waypoint is not built yet)",
+            gateways.join(", ")
+        ),
+        (false, false) => waypoints.join(", "),
+    };
+    out += "\n";
+    Ok(out)
+}

@@ -1,0 +1,199 @@
+//! `ambit demo`: the guided tour. It builds a two-node lab, then walks through what the mesh
+//! does, each step printing what it did and what it observed, with a check mark or a cross. The
+//! exit status is non-zero if any observation is not what it should be; a step that cannot run
+//! yet says so and why, and is never faked.
+//!
+//! Steps are a list ([`steps`]); each returns whether it ran. The waypoint steps are in the
+//! list already and report themselves skipped until the lab can deploy a waypoint.
+
+mod steps;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use crate::lab::state::LabDir;
+use crate::lab::{has_tool, is_root, lifecycle};
+
+/// How a step ended.
+pub enum Outcome {
+    Ran,
+    Skipped(String),
+}
+
+/// The tour's context and its record of what was seen.
+pub struct Tour {
+    pub dir: LabDir,
+    pub ambit: PathBuf,
+    /// Files the demo writes (manifests, captures), removed at the end.
+    pub scratch: tempfile_dir::ScratchDir,
+    failures: Vec<String>,
+}
+
+impl Tour {
+    /// Prints an observation and records it if it is wrong.
+    pub fn observe(&mut self, ok: bool, text: &str) {
+        if ok {
+            println!("    \u{2713} {text}");
+        } else {
+            println!("    \u{2717} {text}");
+            self.failures.push(text.to_owned());
+        }
+    }
+
+    /// Prints what the step does.
+    pub fn act(&self, text: &str) {
+        println!("  $ {text}");
+    }
+
+    pub fn note(&self, text: &str) {
+        println!("    {text}");
+    }
+}
+
+/// Runs the tour; see the module docs.
+pub fn run(dir: &LabDir, keep: bool) -> ExitCode {
+    println!("Ambit demo: a two-node ambient mesh in network namespaces on this machine.\n");
+    if let Err(err) = install_missing() {
+        eprintln!("ambit demo: {err}");
+        return ExitCode::FAILURE;
+    }
+    // A lab the user already runs is theirs: the demo neither reuses nor removes it.
+    if dir.load().is_ok() {
+        eprintln!(
+            "ambit demo: a lab is already up in {}; `ambit lab down` removes it, then run the demo again",
+            dir.root.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let ambit = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(err) => {
+            eprintln!("ambit demo: cannot locate the ambit binary: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scratch = match tempfile_dir::ScratchDir::new() {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("ambit demo: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut tour = Tour {
+        dir: dir.clone(),
+        ambit,
+        scratch,
+        failures: Vec::new(),
+    };
+    let mut skipped = Vec::new();
+    let mut lab_started = false;
+    for (number, (title, step)) in steps::steps().into_iter().enumerate() {
+        println!("\n{}. {title}", number + 1);
+        match step(&mut tour) {
+            Ok(Outcome::Ran) => lab_started = true,
+            Ok(Outcome::Skipped(why)) => {
+                println!("    - skipped: {why}");
+                skipped.push(title);
+            }
+            Err(err) => {
+                println!("    \u{2717} {err:#}");
+                tour.failures.push(format!("{title}: {err:#}"));
+                break;
+            }
+        }
+    }
+    println!("\n{}. Tear down", steps::steps().len() + 1);
+    if keep && lab_started {
+        tour.note("--keep: the lab stays up. Try `ambit get pods`, `ambit explain client echo`, then `ambit lab down`.");
+    } else {
+        tour.act("ambit lab down");
+        match lifecycle::down(dir) {
+            Ok(removed) => {
+                let left = crate::lab::netns::Topology::list(&dir.prefix).map(|l| l.len());
+                tour.observe(
+                    left.as_ref().is_ok_and(|n| *n == 0),
+                    &format!(
+                        "removed {} namespace(s) and stopped {} process(es); none left",
+                        removed.namespaces, removed.processes
+                    ),
+                );
+            }
+            Err(err) => tour.observe(false, &format!("lab down failed: {err}")),
+        }
+    }
+    println!();
+    if !skipped.is_empty() {
+        println!("Skipped: {}.", skipped.join("; "));
+    }
+    if tour.failures.is_empty() {
+        println!("Every observation was as expected.");
+        ExitCode::SUCCESS
+    } else {
+        println!("{} observation(s) were wrong:", tour.failures.len());
+        for failure in &tour.failures {
+            println!("  - {failure}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// Installs with apt-get what the lab and the tour need and the machine lacks.
+fn install_missing() -> Result<(), String> {
+    if !is_root() {
+        return Err("the demo needs root (it builds network namespaces and iptables rules)".into());
+    }
+    let missing: Vec<&str> = [
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+        ("iptables-restore", "iptables"),
+        ("tcpdump", "tcpdump"),
+    ]
+    .iter()
+    .filter(|(tool, _)| !has_tool(tool))
+    .map(|(_, package)| *package)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("Installing {} (apt-get)", missing.join(", "));
+    let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+    if !ok(Command::new("apt-get").args(["update", "-qq"]))
+        || !ok(Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    {
+        return Err(format!(
+            "could not install {}: install them (`apt-get install -y {}`) and run the demo again",
+            missing.join(", "),
+            missing.join(" ")
+        ));
+    }
+    Ok(())
+}
+
+/// A scratch directory removed on drop (the demo's only temporary files).
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    pub struct ScratchDir(PathBuf);
+
+    impl ScratchDir {
+        pub fn new() -> Result<ScratchDir, String> {
+            let path = std::env::temp_dir().join(format!("ambit-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&path)
+                .map_err(|e| format!("creating {}: {e}", path.display()))?;
+            Ok(ScratchDir(path))
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The lab's processes: the controller, the agents and the pods' apps, each started inside a
+//! network namespace, detached from the `ambit` command that started it (it outlives it), with
+//! its output in a log file.
+//!
+//! A process is remembered by pid *and* start time, so a pid the kernel reused for something
+//! else is never mistaken for a lab process, and never signalled.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use rustix::process::{Pid, Signal, kill_process};
+use serde::{Deserialize, Serialize};
+
+use super::netns::command_in;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("opening log {}: {source}", path.display())]
+    Log { path: PathBuf, source: io::Error },
+    #[error("starting {program} in {netns}: {source}")]
+    Spawn {
+        program: String,
+        netns: String,
+        source: io::Error,
+    },
+}
+
+/// A process the lab started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    /// Clock ticks after boot (`/proc/<pid>/stat` field 22): with the pid, a unique identity.
+    pub start_time: u64,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Whether this very process is still running (not a zombie, not a reused pid).
+    pub fn alive(&self) -> bool {
+        match stat(self.pid) {
+            Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
+            None => false,
+        }
+    }
+
+    /// Sends `signal` if the process is still the one started; a gone process is fine.
+    pub fn signal(&self, signal: Signal) {
+        if self.alive()
+            && let Some(pid) = i32::try_from(self.pid).ok().and_then(Pid::from_raw)
+        {
+            let _ = kill_process(pid, signal);
+        }
+    }
+
+    /// The last `lines` lines of its log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+}
+
+/// The last `lines` lines of a file (empty if unreadable).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts `program args` in network namespace `netns` (through `ip netns exec`, which also
+/// bind-mounts `/etc/netns/<netns>/hosts` over `/etc/hosts` for it), with stdout and stderr
+/// appended to `log`. The process gets its own process group, so a Ctrl-C meant for the `ambit`
+/// command that started it does not stop the lab.
+pub fn spawn(
+    netns: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<Proc, ProcError> {
+    let open = || {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| ProcError::Log {
+                path: log.to_owned(),
+                source,
+            })
+    };
+    let (out, err) = (open()?, open()?);
+    let child = command_in(netns, program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| ProcError::Spawn {
+            program: program.display().to_string(),
+            netns: netns.to_owned(),
+            source,
+        })?;
+    let pid = child.id();
+    // The child is not waited for: it outlives this command. Until it execs, its start time is
+    // already its own (fork sets it), so reading it now is exact.
+    let start_time = stat(pid).map_or(0, |(_, start)| start);
+    Ok(Proc {
+        pid,
+        start_time,
+        log: log.to_owned(),
+    })
+}
+
+/// State letter and start time of `pid`, from `/proc/<pid>/stat`.
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: parse after it.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // Field 22 overall is the 20th after the name (fields 3.. start at index 0).
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Sends SIGTERM, waits up to `grace` for the process to exit, then SIGKILLs it.
+pub fn stop(proc: &Proc, grace: std::time::Duration) {
+    proc.signal(Signal::TERM);
+    let deadline = std::time::Instant::now() + grace;
+    while proc.alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    proc.signal(Signal::KILL);
+}

@@ -1,0 +1,234 @@
+//! Makes the running lab match the stored objects: pods created or removed (namespace, address,
+//! processes), the controller's manifests rewritten, service VIPs given, and each pod's names
+//! and VIP rules brought up to date. Every lab command that changes objects ends here, so there
+//! is one path from "what the user asked for" to "what runs", and running it twice changes
+//! nothing the second time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::netns::{PodInfo, Topology};
+use super::objects::{Key, Store};
+use super::render::{self, DesiredPod};
+use super::state::{LabDir, LabState, PodRecord, StateError, write_atomically};
+use super::{LabError, kubeproxy, procs, view};
+
+/// How long a removed pod's processes get to exit on SIGTERM before SIGKILL.
+const POD_GRACE: Duration = Duration::from_secs(2);
+
+/// What a reconcile did, for the command's output.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub pods_added: Vec<String>,
+    pub pods_removed: Vec<String>,
+    pub processes_started: usize,
+    /// Documents the controller rejects (it serves the rest).
+    pub rejected: Vec<String>,
+}
+
+/// Brings the lab in line with its objects; saves the state as it goes, so an interrupted
+/// reconcile is picked up by the next one (and `lab down` always knows what exists).
+pub fn reconcile(dir: &LabDir, state: &mut LabState, ambit: &Path) -> Result<Changes, LabError> {
+    let objects = Store::new(dir.objects()).load()?;
+    let desired = render::desired_pods(&objects).map_err(LabError::Placement)?;
+    assign_vips(&objects, state);
+    let mut changes = Changes::default();
+
+    let mut topology = Topology::adopt(
+        &state.prefix,
+        1..=state.nodes,
+        state.pods.values().map(pod_info),
+    )?;
+    let result = sync_pods(dir, state, &desired, &mut topology, &mut changes);
+    // The namespaces stay when this command ends: the lab owns them, not this process.
+    topology.release();
+    result?;
+
+    let files = render::manifests(&objects, &desired, state);
+    write_manifests(&dir.manifests(), &files)?;
+    let mesh = view::load(&dir.manifests())?;
+    changes.rejected = mesh.errors.clone();
+
+    let ports = kubeproxy::service_ports(&mesh.state);
+    let rules = kubeproxy::ruleset(&ports);
+    let empty = kubeproxy::ruleset(&[]);
+    for pod in state.pods.values() {
+        kubeproxy::write_hosts(&pod.netns, &kubeproxy::hosts(&pod.namespace, &mesh.state))?;
+        let captured = mesh
+            .state
+            .workload_by_ip(pod.ip.into())
+            .is_some_and(|w| w.spec.node_captured);
+        kubeproxy::apply(&pod.netns, if captured { &empty } else { &rules })?;
+    }
+
+    start_processes(dir, state, &desired, ambit, &mut changes)?;
+    dir.save(state)?;
+    Ok(changes)
+}
+
+fn pod_info(record: &PodRecord) -> PodInfo {
+    PodInfo {
+        name: topology_name(&record.namespace, &record.name),
+        netns: record.netns.clone(),
+        ip: record.ip,
+        node: record.node,
+        node_veth: record.node_veth.clone(),
+    }
+}
+
+/// The pod's name in the topology (and its netns after the prefix): `<namespace>-<name>`.
+pub fn topology_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}-{name}")
+}
+
+/// Keeps each Service's VIP for its life; gives one to a Service that names none.
+fn assign_vips(objects: &BTreeMap<Key, super::objects::Object>, state: &mut LabState) {
+    let services: BTreeMap<String, &super::objects::Object> = objects
+        .iter()
+        .filter(|(k, _)| k.kind == "Service")
+        .map(|(k, o)| (format!("{}/{}", k.namespace, k.name), o))
+        .collect();
+    state.vips.retain(|key, _| {
+        services
+            .get(key)
+            .is_some_and(|o| o.spec().get("clusterIP").is_none())
+    });
+    let mut taken: BTreeSet<Ipv4Addr> = services
+        .values()
+        .filter_map(|o| render::own_cluster_ip(o))
+        .chain(state.vips.values().copied())
+        .collect();
+    for (key, service) in &services {
+        if service.spec().get("clusterIP").is_some() || state.vips.contains_key(key) {
+            continue;
+        }
+        if let Some(vip) = render::next_vip(&taken) {
+            taken.insert(vip);
+            state.vips.insert(key.clone(), vip);
+        }
+    }
+}
+
+fn sync_pods(
+    dir: &LabDir,
+    state: &mut LabState,
+    desired: &BTreeMap<String, DesiredPod>,
+    topology: &mut Topology,
+    changes: &mut Changes,
+) -> Result<(), LabError> {
+    let gone: Vec<String> = state
+        .pods
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .cloned()
+        .collect();
+    for key in gone {
+        let record = state.pods.get(&key).expect("listed").clone();
+        for proc in &record.processes {
+            procs::stop(proc, POD_GRACE);
+        }
+        topology.remove_pod(&topology_name(&record.namespace, &record.name))?;
+        let _ = std::fs::remove_dir_all(kubeproxy::hosts_path(&record.netns).with_file_name(""));
+        state.pods.remove(&key);
+        dir.save(state)?;
+        changes.pods_removed.push(key);
+    }
+    for (key, pod) in desired {
+        if state.pods.contains_key(key) {
+            continue;
+        }
+        let node = place(state, pod)?;
+        let info = topology.add_pod(node, &topology_name(&pod.namespace, &pod.name))?;
+        state.pods.insert(
+            key.clone(),
+            PodRecord::placed(&pod.namespace, &pod.name, &info),
+        );
+        dir.save(state)?;
+        changes.pods_added.push(key.clone());
+    }
+    Ok(())
+}
+
+/// The pod's `spec.nodeName` if it names one, else the node with the fewest pods (lowest index
+/// on a tie), as a scheduler spreading pods would.
+fn place(state: &LabState, pod: &DesiredPod) -> Result<u8, LabError> {
+    if let Some(name) = pod.node_name() {
+        return state.node_index(name).ok_or_else(|| {
+            LabError::Placement(format!(
+                "pod {} asks for node {name:?}; the lab has node1 to node{}",
+                pod.key(),
+                state.nodes
+            ))
+        });
+    }
+    (1..=state.nodes)
+        .min_by_key(|n| state.pods.values().filter(|p| p.node == *n).count())
+        .ok_or_else(|| LabError::Placement("the lab has no nodes".into()))
+}
+
+/// Starts what each pod should run, restarting a pod's processes when that changed or one of
+/// them died (a kubelet's restart policy `Always`).
+fn start_processes(
+    dir: &LabDir,
+    state: &mut LabState,
+    desired: &BTreeMap<String, DesiredPod>,
+    ambit: &Path,
+    changes: &mut Changes,
+) -> Result<(), LabError> {
+    for (key, pod) in desired {
+        let record = state
+            .pods
+            .get_mut(key)
+            .expect("every desired pod was placed");
+        let node = LabState::node_name(record.node);
+        let specs = render::run_specs(pod, &node, record.ip, ambit);
+        let healthy = record.processes.iter().all(procs::Proc::alive);
+        if specs == record.run && healthy {
+            continue;
+        }
+        for proc in &record.processes {
+            procs::stop(proc, POD_GRACE);
+        }
+        record.processes.clear();
+        for spec in &specs {
+            let proc = procs::spawn(
+                &record.netns,
+                Path::new(&spec.program),
+                &spec.args,
+                &spec.env,
+                &dir.log(&spec.name),
+            )?;
+            record.processes.push(proc);
+            changes.processes_started += 1;
+        }
+        record.run = specs;
+        dir.save(state)?;
+    }
+    Ok(())
+}
+
+/// Writes the files that changed and removes the ones no longer wanted: the controller
+/// re-reads only what changed.
+fn write_manifests(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), StateError> {
+    let io_err = |path: &Path, source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && !files.contains_key(&name) {
+            std::fs::remove_file(entry.path()).map_err(|e| io_err(&entry.path(), e))?;
+        }
+    }
+    for (name, text) in files {
+        let path = dir.join(name);
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == *text) {
+            continue;
+        }
+        write_atomically(&path, text.as_bytes())?;
+    }
+    Ok(())
+}
