@@ -164,8 +164,10 @@ pub async fn run(
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )),
     };
-    spawn_admin(config.admin_addr, admin::local_router(admin_state.clone()))?;
-    spawn_admin(config.metrics_addr, admin::public_router(admin_state))?;
+    spawn_admin(vec![
+        (config.admin_addr, admin::local_router(admin_state.clone())),
+        (config.metrics_addr, admin::public_router(admin_state)),
+    ])?;
 
     // The data path.
     let (trigger, watch) = drain::channel();
@@ -275,11 +277,16 @@ async fn follow_local_workloads(
     }
 }
 
-/// Serves `router` on `addr` from a thread with its own single-threaded runtime.
-fn spawn_admin(addr: std::net::SocketAddr, router: axum::Router) -> Result<()> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("binding the admin address {addr}"))?;
-    listener.set_nonblocking(true)?;
+/// Serves each router on its address from one thread with its own single-threaded runtime: a
+/// busy data plane never delays a probe, and the admin side costs one thread, not one per port.
+fn spawn_admin(servers: Vec<(std::net::SocketAddr, axum::Router)>) -> Result<()> {
+    let mut bound = Vec::new();
+    for (addr, router) in servers {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the admin address {addr}"))?;
+        listener.set_nonblocking(true)?;
+        bound.push((listener, router));
+    }
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
@@ -288,10 +295,14 @@ fn spawn_admin(addr: std::net::SocketAddr, router: axum::Router) -> Result<()> {
                 .build()
                 .expect("admin runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("admin listener");
-                if let Err(e) = axum::serve(listener, router).await {
-                    warn!("admin server stopped: {e}");
-                }
+                let servers = bound.into_iter().map(|(listener, router)| async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("admin listener");
+                    if let Err(e) = axum::serve(listener, router).await {
+                        warn!("admin server stopped: {e}");
+                    }
+                });
+                futures::future::join_all(servers).await;
             });
         })?;
     Ok(())

@@ -36,6 +36,9 @@ struct Args {
     /// Concurrent clients in the connection-rate test.
     #[arg(long, default_value_t = 16)]
     connect_workers: u32,
+    /// Run only these parts (comma-separated): throughput, latency, connections.
+    #[arg(long, value_delimiter = ',', default_values_t = ["throughput".to_string(), "latency".into(), "connections".into()])]
+    only: Vec<String>,
 }
 
 const ECHO: u16 = 8080;
@@ -44,7 +47,12 @@ const IPERF: u16 = 5201;
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut mesh = Mesh::new("zbench", 2);
-    let pods = [("mesh-client", 1, "m"), ("mesh-server", 2, "m"), ("direct-client", 1, "d"), ("direct-server", 2, "d")];
+    let pods = [
+        ("mesh-client", 1, "m"),
+        ("mesh-server", 2, "m"),
+        ("direct-client", 1, "d"),
+        ("direct-server", 2, "d"),
+    ];
     let mut yaml = manifests::namespace("m", &[("istio.io/dataplane-mode", "ambient")])
         + &manifests::namespace("d", &[]);
     for (name, node, ns) in pods {
@@ -67,34 +75,71 @@ fn main() -> Result<()> {
         mesh.run_in_pod(server, "iperf3", &["-s", "-p", &IPERF.to_string()]);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let paths = [("direct", "direct-client", "direct-server"), ("mesh", "mesh-client", "mesh-server")];
 
+    let run = |part: &str| args.only.iter().any(|p| p == part);
+    if run("throughput") {
+        throughput(&mesh)?;
+    }
+    if run("latency") {
+        latency(&mesh, &args)?;
+    }
+    if run("connections") {
+        connections(&mesh, &args)?;
+    }
+    println!("\nAgents' peak RSS (VmHWM): {}", agents_peak(&mesh)?);
+    Ok(())
+}
+
+const PATHS: [(&str, &str, &str); 2] = [
+    ("direct", "direct-client", "direct-server"),
+    ("mesh", "mesh-client", "mesh-server"),
+];
+
+fn throughput(mesh: &Mesh) -> Result<()> {
+    let paths = PATHS;
     println!("## Throughput (iperf3, one stream, 5 s, best of 2)\n");
     let table = Table::new(&["path", "Gbit/s", "ratio to direct"]);
     let mut direct_gbps = 0.0;
     for (label, client, server) in paths {
         let mut best: f64 = 0.0;
         for _ in 0..2 {
-            best = best.max(iperf(&mesh, client, mesh.address(server, IPERF))?);
+            best = best.max(iperf(mesh, client, mesh.address(server, IPERF))?);
         }
         if label == "direct" {
             direct_gbps = best;
         }
-        table.row(&[label.into(), format!("{best:.2}"), format!("{:.0}%", best / direct_gbps * 100.0)]);
+        table.row(&[
+            label.into(),
+            format!("{best:.2}"),
+            format!("{:.0}%", best / direct_gbps * 100.0),
+        ]);
     }
+    Ok(())
+}
+
+fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
+    let paths = PATHS;
 
     println!(
         "\n## Latency at {} req/s over {} connections, {} s (64-byte echo)\n",
         args.rate, args.connections, args.seconds
     );
-    let table = Table::new(&["path", "p50", "p99", "added p99", "agents CPU s", "vCPU per 1k req/s", "agents RSS (node1 + node2)"]);
+    let table = Table::new(&[
+        "path",
+        "p50",
+        "p99",
+        "added p99",
+        "agents CPU s",
+        "vCPU per 1k req/s",
+        "agents RSS (node1 + node2)",
+    ]);
     let mut direct_p99 = Duration::ZERO;
     for (label, client, server) in paths {
-        let cpu_before = agents_cpu(&mesh)?;
+        let cpu_before = agents_cpu(mesh)?;
         let start = Instant::now();
         let mut samples = fixed_rate(&mesh.pod(client).netns, mesh.address(server, ECHO), &args)?;
         let elapsed = start.elapsed().as_secs_f64();
-        let cpu = agents_cpu(&mesh)? - cpu_before;
+        let cpu = agents_cpu(mesh)? - cpu_before;
         let p = percentiles(&mut samples);
         if label == "direct" {
             direct_p99 = p.p99;
@@ -107,27 +152,50 @@ fn main() -> Result<()> {
             micros(p.p99.saturating_sub(direct_p99)),
             format!("{cpu:.2}"),
             format!("{per_1k:.3}"),
-            agents_rss(&mesh)?,
+            agents_rss(mesh)?,
         ]);
     }
 
-    println!("\n## New connections per second ({} concurrent clients, 5 s)\n", args.connect_workers);
+    Ok(())
+}
+
+fn connections(mesh: &Mesh, args: &Args) -> Result<()> {
+    let paths = PATHS;
+    println!(
+        "\n## New connections per second ({} concurrent clients, 5 s)\n",
+        args.connect_workers
+    );
     let table = Table::new(&["path", "connections/s", "ratio to direct"]);
     let mut direct_rate = 0.0;
     for (label, client, server) in paths {
-        let rate = connection_rate(&mesh.pod(client).netns, mesh.address(server, ECHO), args.connect_workers)?;
+        let rate = connection_rate(
+            &mesh.pod(client).netns,
+            mesh.address(server, ECHO),
+            args.connect_workers,
+        )?;
         if label == "direct" {
             direct_rate = rate;
         }
-        table.row(&[label.into(), format!("{rate:.0}"), format!("{:.0}%", rate / direct_rate * 100.0)]);
+        table.row(&[
+            label.into(),
+            format!("{rate:.0}"),
+            format!("{:.0}%", rate / direct_rate * 100.0),
+        ]);
     }
-    println!("\nAgents' peak RSS (VmHWM): {}", agents_peak(&mesh)?);
     Ok(())
 }
 
 fn iperf(mesh: &Mesh, client: &str, server: SocketAddr) -> Result<f64> {
     let out = command_in(&mesh.pod(client).netns, "iperf3")
-        .args(["-c", &server.ip().to_string(), "-p", &server.port().to_string(), "-t", "5", "-J"])
+        .args([
+            "-c",
+            &server.ip().to_string(),
+            "-p",
+            &server.port().to_string(),
+            "-t",
+            "5",
+            "-J",
+        ])
         .output()
         .context("running iperf3 (apt-get install iperf3)")?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
