@@ -214,14 +214,11 @@ fn metrics(t: &mut Tour) -> Result<Outcome> {
             bail!("node{n}'s agent answered {status} for /metrics");
         }
         for line in body.lines().filter(|l| {
-            (l.starts_with("istio_tcp_connections_opened_total")
-                || l.starts_with("ambit_ztunnel_connections_refused_total"))
-                && l.contains("demo")
+            l.starts_with("istio_tcp_connections_opened_total") && l.contains("demo")
                 || l.starts_with("ambit_ztunnel_connections_refused_total")
         }) {
             t.note(&format!("| {}", shorten(line)));
         }
-        let (_, body) = admin::get(&node_netns(t, n), admin::AGENT_METRICS, "/metrics")?;
         if n == 1 {
             t.observe(
                 opened(&body, "source", CLIENT_ID) > 0,
@@ -282,7 +279,9 @@ fn shorten(line: &str) -> String {
                 "reporter",
                 "source_principal",
                 "destination_workload",
+                "destination_service",
                 "connection_security_policy",
+                "response_flags",
                 "reason",
             ]
             .iter()
