@@ -92,8 +92,9 @@ pub fn status(dir: &LabDir) -> Result<String> {
     out += &match (gateways.is_empty(), waypoints.is_empty()) {
         (true, _) => "none".to_owned(),
         (false, true) => format!(
-            "{} declared, none deployed: the lab does not run waypoints yet (the waypoint is not built yet)",
-            gateways.join(", ")
+            "{} declared, none deployed: {}",
+            gateways.join(", "),
+            crate::demo::waypoint_missing()
         ),
         (false, false) => waypoints.join(", "),
     };

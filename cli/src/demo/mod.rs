@@ -8,6 +8,8 @@
 
 mod steps;
 
+pub use steps::waypoint_missing;
+
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
