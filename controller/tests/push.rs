@@ -184,6 +184,18 @@ impl Client {
         got
     }
 
+    /// Receives and ACKs responses until one of workloads and one of authorizations have come
+    /// (a workload change that moves policies between nodes sends both).
+    async fn sync_changes(&mut self) -> HashMap<String, DeltaDiscoveryResponse> {
+        let mut got = HashMap::new();
+        while !got.contains_key(type_url::WORKLOAD) || !got.contains_key(type_url::AUTHORIZATION) {
+            let r = self.recv().await;
+            self.ack(&r).await;
+            got.insert(r.type_url.clone(), r);
+        }
+        got
+    }
+
     fn names(&self, t: &str) -> Vec<String> {
         let mut v: Vec<String> = self
             .held
@@ -284,6 +296,61 @@ async fn authorizations_are_filtered_per_client() {
     let mut w = Client::connect(mesh.addr, wp, HashMap::new()).await;
     w.sync().await;
     assert_eq!(w.names(type_url::AUTHORIZATION), ["shop/at-waypoint"]);
+}
+
+#[tokio::test]
+async fn a_node_agents_policies_follow_its_workloads_and_policy_edits() {
+    let cart_only = |ports: &str| {
+        policy(
+            "shop",
+            "cart-only",
+            &format!(
+                "{{selector: {{matchLabels: {{app: cart}}}}, rules: [{{to: [{{operation: {{ports: [\"{ports}\"]}}}}]}}]}}"
+            ),
+        )
+    };
+    let db_only = policy(
+        "shop",
+        "db-only",
+        "{selector: {matchLabels: {app: db}}, rules: [{}]}",
+    );
+    let cart = pod("cart", "node-1", "10.244.1.5");
+    let mesh = Mesh::start(
+        &[
+            BASE,
+            &cart,
+            &pod("db", "node-2", "10.244.2.5"),
+            &cart_only("80"),
+            &db_only,
+        ]
+        .concat(),
+    )
+    .await;
+    let mut c = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    c.sync().await;
+    assert_eq!(c.names(type_url::AUTHORIZATION), ["shop/cart-only"]);
+
+    // db moves to node-1: its policy follows.
+    let db_here = pod("db", "node-1", "10.244.1.6");
+    mesh.publish(&[BASE, &cart, &db_here, &cart_only("80"), &db_only].concat());
+    let got = c.sync_changes().await;
+    assert_eq!(names(&got[type_url::AUTHORIZATION]), ["shop/db-only"]);
+
+    // An edited policy arrives, alone.
+    mesh.publish(&[BASE, &cart, &db_here, &cart_only("8080"), &db_only].concat());
+    let r = c.recv().await;
+    assert_eq!(r.type_url, type_url::AUTHORIZATION);
+    assert_eq!(names(&r), ["shop/cart-only"]);
+    c.ack(&r).await;
+
+    // cart leaves the node: its policy goes.
+    mesh.publish(&[BASE, &db_here, &cart_only("8080"), &db_only].concat());
+    let got = c.sync_changes().await;
+    assert_eq!(
+        got[type_url::AUTHORIZATION].removed_resources,
+        ["shop/cart-only"]
+    );
+    assert_eq!(c.names(type_url::AUTHORIZATION), ["shop/db-only"]);
 }
 
 #[tokio::test]

@@ -13,11 +13,13 @@
 //! that target it or a service it serves. A policy enforced elsewhere never reaches a client.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use ambit_proto::api::{self, type_url};
 use tonic::Status;
 
 use super::resources::Generation;
+use super::subscription::Allowed;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interest {
@@ -105,6 +107,66 @@ impl Interest {
                     .collect()
             }
         }
+    }
+}
+
+/// A client's last authorization filter and what it was computed from.
+#[derive(Debug, Default)]
+pub struct AllowedCache {
+    cached: Option<Cached>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    generation: u64,
+    node: Option<Arc<BTreeSet<Arc<str>>>>,
+    allowed: Allowed,
+}
+
+impl Interest {
+    /// [`Interest::authorizations`], recomputed only when its inputs changed: for a node agent,
+    /// its node's workloads or any authorization; for a waypoint, any service or authorization.
+    /// Unchanged, the same `Arc` comes back, which lets the subscription diff only what changed
+    /// (at 50 clients, recomputing and fully diffing 500 policies per client and push was most
+    /// of a push's cost).
+    pub fn allowed(&self, generation: &Generation, cache: &mut AllowedCache) -> Allowed {
+        let node = match self {
+            Interest::NodeAgent { node } => generation.node_workloads(node).cloned(),
+            Interest::Waypoint { .. } => None,
+        };
+        let unchanged = |since: u64, type_url: &str| {
+            generation
+                .changed_since(since, type_url)
+                .is_some_and(|names| names.is_empty())
+        };
+        if let Some(c) = &mut cache.cached {
+            let same_node = match (&c.node, &node) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            let inputs_same = match self {
+                Interest::NodeAgent { .. } => same_node,
+                Interest::Waypoint { .. } => unchanged(c.generation, type_url::SERVICE),
+            };
+            if inputs_same && unchanged(c.generation, type_url::AUTHORIZATION) {
+                c.generation = generation.number;
+                c.node = node;
+                return c.allowed.clone();
+            }
+        }
+        let fresh = self.authorizations(generation);
+        // The same names under a new pointer would cost the subscription a full diff.
+        let allowed = match cache.cached.take() {
+            Some(c) if *c.allowed == fresh => c.allowed,
+            _ => Arc::new(fresh),
+        };
+        cache.cached = Some(Cached {
+            generation: generation.number,
+            node,
+            allowed: allowed.clone(),
+        });
+        allowed
     }
 }
 

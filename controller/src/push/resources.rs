@@ -166,6 +166,12 @@ impl Generation {
         type_index(type_url).map(|i| &self.by_type[i])
     }
 
+    /// The names of the workloads on `node`. Replaced (a new `Arc`) by every generation that
+    /// changes any of them, so an unchanged pointer means an unchanged node.
+    pub fn node_workloads(&self, node: &str) -> Option<&Arc<BTreeSet<Arc<str>>>> {
+        self.by_node.get(node)
+    }
+
     /// The workloads scheduled on `node`.
     pub fn workloads_on(&self, node: &str) -> impl Iterator<Item = &api::Workload> {
         let workloads = &self.by_type[0];

@@ -1,6 +1,6 @@
 //! The `ConfigDiscoveryService` gRPC service: one task per client stream.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::interest::Interest;
+use super::interest::{AllowedCache, Interest};
 use super::resources::{Generation, TYPES};
 use super::subscription::{Delta, Subscription};
 use super::wire::{ConfigDiscoveryService, DeltaResponse, ResponseStream};
@@ -158,6 +158,7 @@ impl ConfigServer {
             node,
             interest,
             subscriptions,
+            allowed: AllowedCache::default(),
             generations: self.generations.clone(),
             metrics: self.metrics.clone(),
             dumps: self.dumps.clone(),
@@ -177,6 +178,8 @@ struct ClientStream {
     node: api::Node,
     interest: Interest,
     subscriptions: Subscriptions,
+    /// The client's authorization filter, kept while its inputs are unchanged.
+    allowed: AllowedCache,
     generations: watch::Receiver<Arc<Generation>>,
     metrics: PushMetrics,
     dumps: Dumps,
@@ -274,7 +277,6 @@ impl ClientStream {
     /// The responses owed for `generation`, recorded as in flight.
     fn responses(&mut self, generation: &Generation) -> Vec<DeltaResponse> {
         let mut subscriptions = self.subscriptions.lock().expect("lock");
-        let mut authorizations: Option<BTreeSet<String>> = None;
         let mut responses = Vec::new();
         for type_url in TYPES {
             let Some(sub) = subscriptions.get_mut(type_url) else {
@@ -283,16 +285,15 @@ impl ClientStream {
             if sub.in_flight.is_some() || sub.rejected == Some(generation.number) {
                 continue;
             }
-            let allowed = (type_url == type_url::AUTHORIZATION).then(|| {
-                authorizations.get_or_insert_with(|| self.interest.authorizations(generation))
-            });
-            let delta: Delta = sub.delta(generation, type_url, allowed.as_deref());
+            let allowed = (type_url == type_url::AUTHORIZATION)
+                .then(|| self.interest.allowed(generation, &mut self.allowed));
+            let delta: Delta = sub.delta(generation, type_url, allowed.as_ref());
             if delta.is_empty() && !sub.owes_initial {
                 continue;
             }
             self.nonce += 1;
             let nonce = format!("{}-{}", generation.number, self.nonce);
-            sub.sent(nonce.clone(), generation.number, &delta);
+            sub.sent(nonce.clone(), generation.number, &delta, allowed);
             self.metrics
                 .pushes
                 .get_or_create(&TypeLabel {

@@ -8,6 +8,10 @@ use ambit_proto::api;
 
 use super::resources::{Generation, Resources, Version, Versioned};
 
+/// The names a client may hold of a filtered type, shared so that an unchanged filter is
+/// recognised by pointer (see `interest.rs`).
+pub type Allowed = Arc<BTreeSet<String>>;
+
 /// A response sent and not yet answered.
 #[derive(Debug, Clone)]
 pub struct InFlight {
@@ -15,6 +19,8 @@ pub struct InFlight {
     pub generation: u64,
     /// name -> new version (`None`: removed).
     pub updates: Vec<(Arc<str>, Option<Version>)>,
+    /// The filter the response was computed with.
+    pub allowed: Option<Allowed>,
 }
 
 #[derive(Debug, Default)]
@@ -27,6 +33,8 @@ pub struct Subscription {
     pub acked: HashMap<Arc<str>, Option<Version>>,
     /// The generation `acked` is exactly in sync with (0: unknown, diff everything).
     pub synced: u64,
+    /// The filter `acked` was computed with.
+    pub synced_allowed: Option<Allowed>,
     pub in_flight: Option<InFlight>,
     /// The first response of the stream is owed even when empty: it tells the client it is synced.
     pub owes_initial: bool,
@@ -97,7 +105,7 @@ impl Subscription {
         &self,
         generation: &Generation,
         type_url: &str,
-        allowed: Option<&BTreeSet<String>>,
+        allowed: Option<&Allowed>,
     ) -> Delta {
         let empty = Resources::new();
         let resources = generation.resources(type_url).unwrap_or(&empty);
@@ -113,9 +121,14 @@ impl Subscription {
                 (None, None) => {}
             }
         };
-        // A few generations behind: only what changed since can differ. Filters on other types
-        // (authorizations) make that shortcut unsafe, so those always diff in full.
-        let recent = (allowed.is_none())
+        // A few generations behind: only what changed since can differ, provided the filter is
+        // the one the client synced with (a new filter can admit or drop unchanged names).
+        let same_filter = match (allowed, &self.synced_allowed) {
+            (None, _) => true,
+            (Some(now), Some(then)) => Arc::ptr_eq(now, then),
+            (Some(_), None) => false,
+        };
+        let recent = same_filter
             .then(|| generation.changed_since(self.synced, type_url))
             .flatten();
         match recent {
@@ -133,7 +146,13 @@ impl Subscription {
         delta
     }
 
-    pub fn sent(&mut self, nonce: String, generation: u64, delta: &Delta) {
+    pub fn sent(
+        &mut self,
+        nonce: String,
+        generation: u64,
+        delta: &Delta,
+        allowed: Option<Allowed>,
+    ) {
         let mut updates: Vec<(Arc<str>, Option<Version>)> = delta
             .resources
             .iter()
@@ -144,6 +163,7 @@ impl Subscription {
             nonce,
             generation,
             updates,
+            allowed,
         });
         self.owes_initial = false;
     }
@@ -160,6 +180,7 @@ impl Subscription {
                     };
                 }
                 self.synced = in_flight.generation;
+                self.synced_allowed = in_flight.allowed;
                 Some(in_flight.generation)
             }
             Some(e) => {
