@@ -56,13 +56,24 @@ fn main() -> Result<()> {
 fn pod_yaml(out: &mut String, ns: usize, i: usize, args: &Args, generation: usize) {
     let node = (ns * args.pods_per_namespace + i) % args.clients;
     let svc = i % args.services_per_namespace;
-    let ip = format!("10.{}.{}.{}", 100 + generation % 100, ns, i % 250 + 1);
+    let ip = pod_ip(ns, i, generation);
     let _ = write!(
         out,
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: pod-{i}, namespace: ns-{ns}, labels: {{app: svc-{svc}, version: v1}}}}\n\
          spec: {{nodeName: node-{node}, serviceAccountName: sa-{svc}, containers: [{{name: app, image: echo, ports: [{{name: http, containerPort: 8080}}]}}]}}\n\
          status: {{podIP: {ip}, conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n"
     );
+}
+
+/// A pod's IP: generation 0 is the original, every change (1, 2, ...) moves it to another one,
+/// however many changes a run makes.
+fn pod_ip(ns: usize, i: usize, generation: usize) -> String {
+    let octet = if generation == 0 {
+        100
+    } else {
+        101 + (generation - 1) % 150
+    };
+    format!("10.{octet}.{ns}.{}", i % 250 + 1)
 }
 
 /// One file per namespace: the namespace, its pods, services and policies.
@@ -296,7 +307,7 @@ async fn run(args: Args) -> Result<()> {
         let pod = change % args.pods_per_namespace;
         let written = Instant::now();
         write_ns(ns, Some((pod, change)))?;
-        let want = format!("10.{}.{}.{}", 100 + change % 100, ns, pod % 250 + 1);
+        let want = pod_ip(ns, pod, change);
         let mut holders: HashMap<usize, Instant> = HashMap::new();
         let deadline = tokio::time::sleep(Duration::from_secs(10));
         tokio::pin!(deadline);
