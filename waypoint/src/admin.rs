@@ -1,40 +1,31 @@
-//! Admin endpoints. On localhost (`--admin-addr`): readiness, metrics, the config dump and the
-//! runtime log level (mutating, hence local only). On `--metrics-addr`, for scrapers and probes:
-//! `/metrics` and `/healthz/ready` only. Both run on a current-thread runtime of their own (see
-//! `app`) so a saturated data plane never fails a health check.
+//! What the waypoint adds to the shared admin server (`ambit_runtime::admin`): its readiness
+//! conditions and `/config_dump` (services, routes, policies, certificate, config stream).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ambit_proto::Identity;
 use ambit_proto::api;
 use ambit_proto::certs::CertManager;
 use ambit_proto::xds::ClientStatus;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
+use axum::extract::State;
+use axum::response::Json;
 use axum::routing::get;
-use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::state::WaypointConfig;
 
-/// Changes the log filter (an `EnvFilter` directive such as `info,access=debug`).
-pub type SetLogLevel = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
-
+/// What the waypoint's admin endpoints read.
 #[derive(Clone)]
-pub struct AdminState {
+pub struct WaypointView {
     pub identity: Identity,
-    pub registry: Arc<Mutex<Registry>>,
     pub config: Arc<WaypointConfig>,
     pub certs: Arc<CertManager>,
     pub xds: watch::Receiver<ClientStatus>,
-    pub set_log_level: SetLogLevel,
-    pub log_level: Arc<Mutex<String>>,
 }
 
-impl AdminState {
+impl WaypointView {
     /// Ready once config has arrived and the waypoint holds its certificate: before that, every
     /// tunnel would fail its handshake or every request its routing.
     pub fn not_ready_because(&self) -> Option<&'static str> {
@@ -48,58 +39,11 @@ impl AdminState {
     }
 }
 
-pub fn public_router(state: AdminState) -> axum::Router {
+/// `/config_dump`, to merge into the shared local admin router (`ambit_runtime::admin`).
+pub fn routes(view: WaypointView) -> axum::Router {
     axum::Router::new()
-        .route("/healthz/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
-pub fn local_router(state: AdminState) -> axum::Router {
-    axum::Router::new()
-        .route("/ready", get(ready))
-        .route("/healthz/ready", get(ready))
-        .route("/metrics", get(metrics))
         .route("/config_dump", get(config_dump))
-        .route("/logging", get(get_logging).post(set_logging))
-        .with_state(state)
-}
-
-async fn ready(State(s): State<AdminState>) -> Response {
-    match s.not_ready_because() {
-        None => (StatusCode::OK, "ready\n").into_response(),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        )
-            .into_response(),
-    }
-}
-
-async fn metrics(State(s): State<AdminState>) -> Response {
-    match ambit_proto::admin::encode_metrics(&s.registry.lock().expect("registry")) {
-        Ok((content_type, body)) => ([("content-type", content_type)], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-#[derive(Deserialize)]
-struct LevelQuery {
-    level: String,
-}
-
-async fn get_logging(State(s): State<AdminState>) -> String {
-    format!("{}\n", s.log_level.lock().expect("level"))
-}
-
-async fn set_logging(State(s): State<AdminState>, Query(q): Query<LevelQuery>) -> Response {
-    match (s.set_log_level)(&q.level) {
-        Ok(()) => {
-            *s.log_level.lock().expect("level") = q.level.clone();
-            format!("log level: {}\n", q.level).into_response()
-        }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    }
+        .with_state(view)
 }
 
 /// What the waypoint serves and with which config; read by people and `ambit explain`.
@@ -144,7 +88,7 @@ pub struct PolicyDump {
     pub rules: usize,
 }
 
-pub fn dump(s: &AdminState) -> Dump {
+pub fn dump(s: &WaypointView) -> Dump {
     let state = s.config.current();
     let status = s.xds.borrow().clone();
     let host_prefix = format!("{}.{}.svc.", s.config.gateway.1, s.config.gateway.0);
@@ -216,6 +160,6 @@ pub fn dump(s: &AdminState) -> Dump {
     }
 }
 
-async fn config_dump(State(s): State<AdminState>) -> Json<Dump> {
+async fn config_dump(State(s): State<WaypointView>) -> Json<Dump> {
     Json(dump(&s))
 }

@@ -3,11 +3,12 @@
 //! (EX_USAGE) before anything starts.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ambit_proto::Identity;
 use ambit_proto::settings::parse_duration;
+use ambit_runtime::flags::{ControlPlaneFlags, check_listeners};
+use ambit_runtime::process::Validate;
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
@@ -17,34 +18,11 @@ pub struct Config {
     /// `ns/<namespace>/sa/<name>`, the only one the CA lets a waypoint obtain.
     #[arg(long, env = "AMBIT_WAYPOINT")]
     pub waypoint: String,
-    /// The controller's config and CA gRPC address.
-    #[arg(long, env = "AMBIT_CONTROLLER_ADDR", default_value = "127.0.0.1:15012")]
-    pub controller_addr: SocketAddr,
-    /// PEM roots that the controller's certificate must chain to (the mesh root).
-    #[arg(long, env = "AMBIT_ROOT_CERT")]
-    pub root_cert: PathBuf,
-    /// This waypoint's bearer token for the CA (standalone: the controller writes
-    /// `<data>/tokens/waypoint-<namespace>.<name>.token`).
-    #[arg(long, env = "AMBIT_TOKEN_FILE")]
-    pub token_file: PathBuf,
-    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
-    pub trust_domain: String,
-    /// The controller runs as ns/<this>/sa/ambit-controller; its certificate must say so.
-    #[arg(
-        long,
-        env = "AMBIT_CONTROLLER_NAMESPACE",
-        default_value = "ambit-system"
-    )]
-    pub controller_namespace: String,
+    #[command(flatten)]
+    pub control: ControlPlaneFlags,
     /// HBONE from node agents arrives here.
     #[arg(long, env = "AMBIT_HBONE_ADDR", default_value = "0.0.0.0:15008")]
     pub hbone_addr: SocketAddr,
-    /// Config dump, log level, readiness, metrics. Local only: it can change the log level.
-    #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
-    pub admin_addr: SocketAddr,
-    /// Prometheus metrics (/metrics) and readiness (/healthz/ready) for scrapers and probes.
-    #[arg(long, env = "AMBIT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
-    pub metrics_addr: SocketAddr,
     /// The HBONE port of the destination node agents (always 15008 in a mesh; labs may differ).
     #[arg(long, env = "AMBIT_UPSTREAM_HBONE_PORT", default_value_t = ambit_proto::hbone::HBONE_PORT)]
     pub upstream_hbone_port: u16,
@@ -82,37 +60,17 @@ pub struct Config {
     pub drain_timeout: Duration,
 }
 
-impl Config {
-    /// Cross-field checks. Returns every problem, not just the first.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+impl Validate for Config {
+    fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
         match self.identity() {
             Ok(_) => {}
             Err(e) => errors.push(format!("--waypoint {:?}: {e}", self.waypoint)),
         }
-        if let Err(e) = self.controller_identity() {
-            errors.push(format!("--trust-domain / --controller-namespace: {e}"));
-        }
-        for (flag, path) in [
-            ("--root-cert", &self.root_cert),
-            ("--token-file", &self.token_file),
-        ] {
-            if !path.is_file() {
-                errors.push(format!("{flag} {}: no such file", path.display()));
-            }
-        }
-        let listeners = [
-            ("--hbone-addr", self.hbone_addr),
-            ("--admin-addr", self.admin_addr),
-            ("--metrics-addr", self.metrics_addr),
-        ];
-        for (i, (a, addr)) in listeners.iter().enumerate() {
-            for (b, other) in &listeners[i + 1..] {
-                if addr == other {
-                    errors.push(format!("{a} and {b} are both {addr}"));
-                }
-            }
-        }
+        self.control.validate(&mut errors);
+        let mut listeners = vec![("--hbone-addr", self.hbone_addr)];
+        listeners.extend(self.control.listeners());
+        check_listeners(&listeners, &mut errors);
         for (flag, n) in [
             ("--max-connections", self.max_connections),
             ("--max-requests", self.max_requests),
@@ -141,7 +99,9 @@ impl Config {
             Err(errors)
         }
     }
+}
 
+impl Config {
     /// `(namespace, name)` of the waypoint Gateway.
     pub fn gateway(&self) -> Result<(String, String), String> {
         match self.waypoint.split_once('/') {
@@ -155,15 +115,7 @@ impl Config {
     /// The waypoint's own identity: its Gateway's name as the service account.
     pub fn identity(&self) -> Result<Identity, String> {
         let (ns, name) = self.gateway()?;
-        Identity::new(&self.trust_domain, &ns, &name).map_err(|e| e.to_string())
-    }
-
-    pub fn controller_identity(&self) -> Result<Identity, ambit_proto::identity::IdentityError> {
-        Identity::new(
-            &self.trust_domain,
-            &self.controller_namespace,
-            "ambit-controller",
-        )
+        Identity::new(&self.control.trust_domain, &ns, &name).map_err(|e| e.to_string())
     }
 }
 

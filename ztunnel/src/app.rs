@@ -3,21 +3,22 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ambit_proto::api::{self, type_url};
 use ambit_proto::hbone::{self, ClientSettings, ServerSettings};
 use ambit_proto::net::Dialer;
 use ambit_proto::relay::Timeouts;
-use ambit_proto::tls::TrustRoots;
-use ambit_proto::xds::{self, ConfigClient};
-use ambit_proto::{Identity, drain, grpc};
+use ambit_proto::{Identity, drain};
+use ambit_runtime::admin;
+use ambit_runtime::config_stream::ConfigStream;
+use ambit_runtime::process::{SetLogLevel, Shutdown};
 use anyhow::{Context as _, Result};
 use prometheus_client::registry::Registry;
 use tokio::sync::{Semaphore, watch};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
-use crate::admin::{self, AdminState, SetLogLevel};
+use crate::admin::AgentView;
 use crate::capture::{Capture, Ports};
 use crate::certs::CertManager;
 use crate::config::{CaptureMode, Config};
@@ -26,23 +27,18 @@ use crate::proxy::{self, Context, inbound, outbound, route, tracker::Tracker};
 use crate::state::{MeshState, Store};
 
 /// Runs the agent until `shutdown` resolves, then drains and removes its capture rules.
-pub async fn run(
-    config: Config,
-    set_log_level: SetLogLevel,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
-    let roots_pem = std::fs::read_to_string(&config.root_cert)
-        .with_context(|| format!("reading --root-cert {}", config.root_cert.display()))?;
-    let roots = TrustRoots::from_pem(&roots_pem).context("parsing --root-cert")?;
-    let controller_identity = config.controller_identity()?;
+pub async fn run(config: Config, set_log_level: SetLogLevel, shutdown: Shutdown) -> Result<()> {
+    let control = &config.control;
+    let roots = control.roots()?;
+    let controller_identity = control.controller_identity()?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let store = Store::new(&config.trust_domain);
+    let store = Store::new(&control.trust_domain);
     let certs = CertManager::new(
-        config.controller_addr,
-        controller_identity.clone(),
+        control.controller_addr,
+        controller_identity,
         roots.clone(),
-        config.token_file.clone(),
+        control.token_file.clone(),
         metrics.clone(),
     );
     let tracker = Arc::new(Tracker::default());
@@ -83,44 +79,18 @@ pub async fn run(
         node_name: config.node_name.clone(),
         ..Default::default()
     };
-    let client = ConfigClient::new(
-        xds::ClientSettings::new(
-            node,
-            &[
-                type_url::WORKLOAD,
-                type_url::SERVICE,
-                type_url::AUTHORIZATION,
-            ],
-        ),
+    let config_stream = ConfigStream::start(
+        control,
+        roots,
+        node,
+        &[
+            type_url::WORKLOAD,
+            type_url::SERVICE,
+            type_url::AUTHORIZATION,
+        ],
         store.clone(),
-    );
-    let config_status = client.status();
-    let (stop_config, config_stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller_addr = config.controller_addr;
-    let (connect_roots, connect_identity) = (roots.clone(), controller_identity.clone());
-    let config_task = tokio::spawn(client.run(
-        move || {
-            let (roots, identity) = (connect_roots.clone(), connect_identity.clone());
-            async move {
-                grpc::connect(controller_addr, &roots, &identity)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        },
-        async move {
-            let _ = config_stopped.await;
-        },
-    ));
-    {
-        let metrics = metrics.clone();
-        let mut status = config_status.clone();
-        tokio::spawn(async move {
-            while status.changed().await.is_ok() {
-                let connected = status.borrow_and_update().connected;
-                metrics.config_connected.set(i64::from(connected));
-            }
-        });
-    }
+        metrics.config_connected.clone(),
+    )?;
 
     // Capture rules and certificates follow the local captured workloads.
     let (capture_ready_tx, capture_ready) = watch::channel(config.capture == CaptureMode::None);
@@ -151,23 +121,22 @@ pub async fn run(
     tokio::spawn(tracker.clone().run(store.subscribe()));
 
     // Admin.
-    let admin_state = AdminState {
+    let view = AgentView {
         node: config.node_name.clone(),
-        registry: Arc::new(Mutex::new(registry)),
         store: store.clone(),
         certs: certs.clone(),
         tracker: tracker.clone(),
-        config: config_status,
+        config: config_stream.status(),
         capture_ready,
-        set_log_level,
-        log_level: Arc::new(Mutex::new(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )),
     };
-    spawn_admin(vec![
-        (config.admin_addr, admin::local_router(admin_state.clone())),
-        (config.metrics_addr, admin::public_router(admin_state)),
-    ])?;
+    let ready_view = view.clone();
+    admin::start(
+        control,
+        registry,
+        Arc::new(move || ready_view.not_ready_because().map(str::to_string)),
+        set_log_level,
+        crate::admin::routes(view),
+    )?;
 
     // The data path.
     let (trigger, watch) = drain::channel();
@@ -196,14 +165,13 @@ pub async fn run(
         inbound::handle_plaintext,
     ));
     drop(watch);
-    info!(node = %config.node_name, controller = %config.controller_addr, "node agent running");
+    info!(node = %config.node_name, controller = %control.controller_addr, "node agent running");
 
     shutdown.await;
     info!("draining connections (up to {:?})", config.drain_timeout);
     let outcome = trigger.drain(config.drain_timeout).await;
     info!(?outcome, "drained");
-    let _ = stop_config.send(());
-    let _ = config_task.await;
+    config_stream.stop().await;
     if let Some(capture) = capture {
         tokio::task::spawn_blocking(move || capture.remove()).await??;
     }
@@ -275,35 +243,4 @@ async fn follow_local_workloads(
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if retry => {}
         }
     }
-}
-
-/// Serves each router on its address from one thread with its own single-threaded runtime: a
-/// busy data plane never delays a probe, and the admin side costs one thread, not one per port.
-fn spawn_admin(servers: Vec<(std::net::SocketAddr, axum::Router)>) -> Result<()> {
-    let mut bound = Vec::new();
-    for (addr, router) in servers {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("binding the admin address {addr}"))?;
-        listener.set_nonblocking(true)?;
-        bound.push((listener, router));
-    }
-    std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("admin runtime");
-            rt.block_on(async move {
-                let servers = bound.into_iter().map(|(listener, router)| async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("admin listener");
-                    if let Err(e) = axum::serve(listener, router).await {
-                        warn!("admin server stopped: {e}");
-                    }
-                });
-                futures::future::join_all(servers).await;
-            });
-        })?;
-    Ok(())
 }

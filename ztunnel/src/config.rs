@@ -3,11 +3,11 @@
 //! (EX_USAGE) before anything starts.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use ambit_proto::Identity;
 use ambit_proto::settings::{parse_duration, parse_u32};
+use ambit_runtime::flags::{ControlPlaneFlags, check_listeners};
+use ambit_runtime::process::Validate;
 use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,24 +24,8 @@ pub struct Config {
     /// The Kubernetes node this agent serves.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
-    /// The controller's config and CA gRPC address.
-    #[arg(long, env = "AMBIT_CONTROLLER_ADDR", default_value = "127.0.0.1:15012")]
-    pub controller_addr: SocketAddr,
-    /// PEM roots that the controller's certificate must chain to (the mesh root).
-    #[arg(long, env = "AMBIT_ROOT_CERT")]
-    pub root_cert: PathBuf,
-    /// This node's bearer token for the CA (standalone: the file the controller wrote).
-    #[arg(long, env = "AMBIT_TOKEN_FILE")]
-    pub token_file: PathBuf,
-    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
-    pub trust_domain: String,
-    /// The controller runs as ns/<this>/sa/ambit-controller; its certificate must say so.
-    #[arg(
-        long,
-        env = "AMBIT_CONTROLLER_NAMESPACE",
-        default_value = "ambit-system"
-    )]
-    pub controller_namespace: String,
+    #[command(flatten)]
+    pub control: ControlPlaneFlags,
     /// Captured outbound TCP arrives here.
     #[arg(long, env = "AMBIT_OUTBOUND_ADDR", default_value = "0.0.0.0:15001")]
     pub outbound_addr: SocketAddr,
@@ -55,12 +39,6 @@ pub struct Config {
     /// HBONE (mTLS HTTP/2 CONNECT) for local pods arrives here.
     #[arg(long, env = "AMBIT_HBONE_ADDR", default_value = "0.0.0.0:15008")]
     pub hbone_addr: SocketAddr,
-    /// Config dump, log level, readiness, metrics. Local only: it can change the log level.
-    #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
-    pub admin_addr: SocketAddr,
-    /// Prometheus metrics (/metrics) and readiness (/healthz/ready) for scrapers and probes.
-    #[arg(long, env = "AMBIT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
-    pub metrics_addr: SocketAddr,
     #[arg(long, env = "AMBIT_CAPTURE", value_enum, default_value = "iptables")]
     pub capture: CaptureMode,
     /// SO_MARK on every socket the agent opens, so no capture rule ever matches its own traffic.
@@ -86,38 +64,20 @@ pub struct Config {
     pub drain_timeout: Duration,
 }
 
-impl Config {
-    /// Cross-field checks. Returns every problem, not just the first.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+impl Validate for Config {
+    fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
         if self.node_name.trim().is_empty() {
             errors.push("--node-name must not be empty".to_string());
         }
-        if let Err(e) = self.controller_identity() {
-            errors.push(format!("--trust-domain / --controller-namespace: {e}"));
-        }
-        for (flag, path) in [
-            ("--root-cert", &self.root_cert),
-            ("--token-file", &self.token_file),
-        ] {
-            if !path.is_file() {
-                errors.push(format!("{flag} {}: no such file", path.display()));
-            }
-        }
-        let listeners = [
+        self.control.validate(&mut errors);
+        let mut listeners = vec![
             ("--outbound-addr", self.outbound_addr),
             ("--inbound-plaintext-addr", self.inbound_plaintext_addr),
             ("--hbone-addr", self.hbone_addr),
-            ("--admin-addr", self.admin_addr),
-            ("--metrics-addr", self.metrics_addr),
         ];
-        for (i, (a, addr)) in listeners.iter().enumerate() {
-            for (b, other) in &listeners[i + 1..] {
-                if addr == other {
-                    errors.push(format!("{a} and {b} are both {addr}"));
-                }
-            }
-        }
+        listeners.extend(self.control.listeners());
+        check_listeners(&listeners, &mut errors);
         if self.socket_mark & TPROXY_MARK != 0 {
             errors.push(format!(
                 "--socket-mark {:#x} overlaps the TPROXY mark {TPROXY_MARK:#x}",
@@ -142,14 +102,6 @@ impl Config {
             Err(errors)
         }
     }
-
-    pub fn controller_identity(&self) -> Result<Identity, ambit_proto::identity::IdentityError> {
-        Identity::new(
-            &self.trust_domain,
-            &self.controller_namespace,
-            "ambit-controller",
-        )
-    }
 }
 
 /// The mark TPROXY puts on diverted packets, and the socket-match rule on packets of the agent's
@@ -159,6 +111,7 @@ pub const TPROXY_MARK: u32 = 0x1;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ambit_runtime::process::Validate;
 
     #[test]
     fn every_problem_is_reported_at_once() {

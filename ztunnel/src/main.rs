@@ -1,72 +1,9 @@
 //! `ambit-ztunnel`: the per-node agent.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use ambit_ztunnel::config::Config;
-use clap::Parser;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, reload};
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
-        Ok(config) => config,
-        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(64); // EX_USAGE, like every other bad setting
-        }
-    };
-    if let Err(errors) = config.validate() {
-        for e in &errors {
-            eprintln!("ambit-ztunnel: {e}");
-        }
-        return ExitCode::from(64); // EX_USAGE
-    }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
-        )
-        .init();
-    let set_log_level = Arc::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| format!("bad level {level:?}: {e}"))?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ambit-ztunnel: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(ambit_ztunnel::app::run(
-        config,
-        set_log_level,
-        shutdown_signal(),
-    )) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ambit-ztunnel: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// SIGTERM (Kubernetes, the lab) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down");
+    ambit_runtime::process::main::<Config, _, _>("ambit-ztunnel", ambit_ztunnel::app::run)
 }

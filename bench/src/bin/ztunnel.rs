@@ -137,7 +137,7 @@ fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
     for (label, client, server) in paths {
         let cpu_before = agents_cpu(mesh)?;
         let start = Instant::now();
-        let mut samples = fixed_rate(&mesh.pod(client).netns, mesh.address(server, ECHO), &args)?;
+        let mut samples = fixed_rate(&mesh.pod(client).netns, mesh.address(server, ECHO), args)?;
         let elapsed = start.elapsed().as_secs_f64();
         let cpu = agents_cpu(mesh)? - cpu_before;
         let p = percentiles(&mut samples);

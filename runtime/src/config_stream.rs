@@ -1,0 +1,67 @@
+//! The config stream to the controller, as one piece: started with the proxy's identity and the
+//! types it needs, observable (status, a connected gauge), and stopped on shutdown.
+
+use ambit_proto::api;
+use ambit_proto::grpc;
+use ambit_proto::tls::TrustRoots;
+use ambit_proto::xds::{self, ClientStatus, ConfigClient, ConfigHandler};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::flags::ControlPlaneFlags;
+
+pub struct ConfigStream {
+    status: watch::Receiver<ClientStatus>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl ConfigStream {
+    /// Subscribes `handler` to `types` as `node`; `connected` follows the stream (1 while open).
+    pub fn start(
+        flags: &ControlPlaneFlags,
+        roots: TrustRoots,
+        node: api::Node,
+        types: &[&str],
+        handler: impl ConfigHandler,
+        connected: Gauge,
+    ) -> anyhow::Result<ConfigStream> {
+        let identity = flags.controller_identity()?;
+        let client = ConfigClient::new(xds::ClientSettings::new(node, types), handler);
+        let status = client.status();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let addr = flags.controller_addr;
+        let task = tokio::spawn(client.run(
+            move || {
+                let (roots, identity) = (roots.clone(), identity.clone());
+                async move {
+                    grpc::connect(addr, &roots, &identity)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut watched = status.clone();
+        tokio::spawn(async move {
+            while watched.changed().await.is_ok() {
+                let open = watched.borrow_and_update().connected;
+                connected.set(i64::from(open));
+            }
+        });
+        Ok(ConfigStream { status, stop, task })
+    }
+
+    pub fn status(&self) -> watch::Receiver<ClientStatus> {
+        self.status.clone()
+    }
+
+    /// Closes the stream and waits for its task.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
