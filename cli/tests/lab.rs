@@ -79,6 +79,11 @@ impl TestLab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ambit app connect <dst>` in pod `src`, which must succeed; its output.
+    fn connect(&self, src: &str, dst: &str) -> String {
+        self.ok(&["exec", src, "--", "ambit", "app", "connect", dst])
+    }
+
     fn up(&self, manifests: &str) {
         let file = self.dir.path().join("manifests.yaml");
         std::fs::write(&file, manifests).expect("write manifests");
@@ -261,6 +266,51 @@ fn explain_agrees_with_the_data_plane() {
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n\n"));
 }
 
+const WAYPOINT: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo}
+spec: {gatewayClassName: ambit-waypoint}
+";
+
+#[test]
+fn explain_names_the_waypoint_the_data_plane_goes_through() {
+    let lab = TestLab::new("lw");
+    lab.up(&format!("{EXPLAIN_LAB}---\n{WAYPOINT}"));
+    lab.ok(&[
+        "label",
+        "service",
+        "demo/echo",
+        "istio.io/use-waypoint=waypoint",
+    ]);
+    let pods = lab.ok(&["get", "pods"]);
+    let waypoint_ip = resolve(&pods, "waypoint-waypoint:15008");
+    let explained = lab.ok(&["explain", "client", "echo:80"]);
+    assert!(explained.contains("DECIDED AT THE WAYPOINT"), "{explained}");
+    assert!(explained.contains(&waypoint_ip), "{explained}");
+    // The request does go through that waypoint: its access log has it.
+    let out = lab.ok(&[
+        "exec",
+        "client",
+        "--",
+        "ambit",
+        "app",
+        "connect",
+        "echo:80",
+        "--http",
+        "/via-waypoint",
+    ]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let log = std::fs::read_to_string(lab.root().join("logs/demo-waypoint-waypoint-waypoint.log"))
+        .unwrap_or_default();
+    assert!(log.contains("path=/via-waypoint"), "{log}");
+    // A pod outside the mesh is not sent through it (no agent acts for it).
+    let explained = lab.ok(&["explain", "outsider", "echo.demo:80"]);
+    assert_eq!(verdict(&explained), "allowed", "{explained}");
+    let out = lab.connect("outsider", "echo.demo:80");
+    assert!(out.starts_with("hello from server"), "{out}");
+}
+
 /// `name:port` with a pod name replaced by the pod's IP (from `ambit get pods`); service names
 /// stay, for the pod's resolver.
 fn resolve(pods: &str, dst: &str) -> String {
@@ -423,15 +473,7 @@ fn lab_commands_report_what_they_did() {
     );
     let pods = lab.ok(&["get", "pods"]);
     assert!(pods.contains("web-0") && pods.contains("web-1"), "{pods}");
-    let out = lab.ok(&[
-        "exec",
-        "outsider",
-        "--",
-        "ambit",
-        "app",
-        "connect",
-        "web.shop:80",
-    ]);
+    let out = lab.connect("outsider", "web.shop:80");
     assert!(out.starts_with("hello from web-"), "{out}");
     // Labels: enrolling `shop` captures its pods.
     lab.ok(&[

@@ -122,12 +122,7 @@ pub fn applies_to(mesh: &MeshState, policy: &api::Authorization) -> String {
 }
 
 pub fn gateway(g: Option<&api::GatewayAddress>) -> String {
-    use api::gateway_address::Destination;
-    match g.and_then(|g| g.destination.as_ref()) {
-        Some(Destination::Hostname(h)) => format!("{}/{}", h.namespace, h.hostname),
-        Some(Destination::Address(a)) => a.clone(),
-        None => "-".into(),
-    }
+    crate::lab::view::gateway_name(g).unwrap_or_else(|| "-".into())
 }
 
 /// The nodes part of `ambit lab status`; `agent` says how each node's agent is doing.

@@ -94,7 +94,7 @@ pub fn status(dir: &LabDir) -> Result<String> {
         (false, true) => format!(
             "{} declared, none deployed: {}",
             gateways.join(", "),
-            crate::demo::waypoint_missing()
+            crate::demo::waypoint_missing().unwrap_or_else(|| "not ready yet".into())
         ),
         (false, false) => waypoints.join(", "),
     };

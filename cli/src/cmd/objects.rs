@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::lab::objects::{self, Key, Object, Store};
 use crate::lab::state::LabDir;
@@ -123,8 +123,7 @@ fn change(
     let store = Store::new(dir.objects());
     let current = store.load()?;
     let mut out = edit(&store, &current)?;
-    let ambit = std::env::current_exe().context("locating the ambit binary")?;
-    let changes = reconcile::reconcile(dir, &mut state, &ambit)?;
+    let changes = reconcile::settle(dir, &mut state, &crate::lab::launch(dir)?)?;
     for rejected in &changes.rejected {
         out += &format!("warning: the controller skips {rejected}\n");
     }

@@ -16,6 +16,7 @@ use crate::lab::{admin, lifecycle};
 
 const MANIFESTS: &str = include_str!("manifests.yaml");
 const DENY: &str = include_str!("deny.yaml");
+const WAYPOINT: &str = include_str!("waypoint.yaml");
 /// The client's identity, as the server side's agent reports it.
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/client";
 
@@ -27,11 +28,11 @@ pub fn steps() -> Vec<(&'static str, Step)> {
         ("Before enrolment: plaintext on the wire", plaintext),
         ("Enrol the namespace: mutual TLS between the nodes", enrol),
         ("A DENY AuthorizationPolicy refuses the client", deny),
-        ("Waypoint: an HTTP canary split", canary),
         (
             "Waypoint: an L7 policy (403 on one path, 200 on another)",
             l7_policy,
         ),
+        ("Waypoint: an HTTP canary split", canary),
         ("The agents' metrics", metrics),
     ]
 }
@@ -49,26 +50,24 @@ fn start(t: &mut Tour) -> Result<Outcome> {
     Ok(Outcome::Ran)
 }
 
-/// What `ambit app connect` in the client printed, and its exit status.
-fn connect(t: &Tour, payload: &str) -> Result<(i32, String)> {
+/// Runs `ambit app connect echo:80 <args>` in the client pod: its exit status and output.
+fn client_connect(t: &Tour, args: &[&str]) -> Result<(i32, String)> {
     let state = t.dir.load()?;
     let client = state.find_pod("demo/client").map_err(anyhow::Error::msg)?;
     let out = command_in(&client.netns, &t.ambit)
-        .args([
-            "app",
-            "connect",
-            "echo:80",
-            "--timeout",
-            "5s",
-            "--send",
-            payload,
-        ])
+        .args(["app", "connect", "echo:80", "--timeout", "5s"])
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .context("running ambit app connect in the client pod")?;
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     Ok((out.status.code().unwrap_or(-1), text.trim().to_owned()))
+}
+
+/// Sends `payload` (the echo server greets, then echoes it).
+fn connect(t: &Tour, payload: &str) -> Result<(i32, String)> {
+    client_connect(t, &["--send", payload])
 }
 
 fn client_ip(t: &Tour) -> Result<String> {
@@ -197,27 +196,63 @@ fn explain_agrees(t: &mut Tour, expected: Verdict) -> Result<()> {
     Ok(())
 }
 
-/// Why the waypoint steps cannot run: they need a waypoint pod, which the lab does not deploy
-/// yet. Once it does, `canary` and `l7_policy` act and observe like the steps above.
-pub fn waypoint_missing() -> String {
-    if crate::lab::binary("ambit-waypoint").is_err() {
+/// Why the waypoint steps cannot run, if they cannot: the lab deploys a waypoint only when
+/// `ambit-waypoint` is built next to `ambit`.
+pub fn waypoint_missing() -> Option<String> {
+    crate::lab::binary("ambit-waypoint").is_err().then(|| {
         "the waypoint (ambit-waypoint) is not built yet, so the lab cannot deploy one".to_owned()
-    } else {
-        "the lab does not deploy waypoints yet (ambit-waypoint is built, but no waypoint pod is \
-         started for a waypoint Gateway)"
-            .to_owned()
+    })
+}
+
+fn l7_policy(t: &mut Tour) -> Result<Outcome> {
+    if let Some(why) = waypoint_missing() {
+        return Ok(Outcome::Skipped(why));
     }
+    let deny = t.scratch.path().join("deny.yaml");
+    t.act("ambit delete -f deny.yaml   (step 4's policy: from here on the server's agent sees the waypoint as the client)");
+    t.note(cmd::objects::delete(&t.dir, &deny)?.trim());
+    let file = t.scratch.path().join("waypoint.yaml");
+    std::fs::write(&file, WAYPOINT)?;
+    t.act("ambit apply -f waypoint.yaml   (Gateway demo/waypoint, class ambit-waypoint; DENY GET /admin at the waypoint)");
+    t.note(cmd::objects::apply(&t.dir, &file)?.trim());
+    t.act("ambit label namespace demo istio.io/use-waypoint=waypoint");
+    let out = cmd::objects::label(
+        &t.dir,
+        "namespace",
+        "demo",
+        &["istio.io/use-waypoint=waypoint".into()],
+    )?;
+    t.note(out.trim());
+    t.observe(
+        true,
+        "the lab started the waypoint pod and it reports ready",
+    );
+    for (path, want) in [("/hello", "200"), ("/admin", "403")] {
+        t.act(&format!(
+            "ambit exec client -- ambit app connect echo:80 --http {path}"
+        ));
+        let (_, out) = client_connect(t, &["--http", path])?;
+        let first = out.lines().next().unwrap_or_default().to_owned();
+        t.note(&format!("| {first}"));
+        if let Some(reason) = out.lines().find(|l| l.starts_with("x-ambit-reason")) {
+            t.note(&format!("| {reason}"));
+        }
+        t.observe(
+            first.split_whitespace().nth(1) == Some(want),
+            &format!("GET {path} answered {want}"),
+        );
+    }
+    explain_agrees(t, Verdict::AtWaypoint)?;
+    Ok(Outcome::Ran)
 }
 
 fn canary(_: &mut Tour) -> Result<Outcome> {
-    Ok(Outcome::Skipped(format!(
-        "{}; the controller does not translate HTTPRoute into routes yet either",
-        waypoint_missing()
-    )))
-}
-
-fn l7_policy(_: &mut Tour) -> Result<Outcome> {
-    Ok(Outcome::Skipped(waypoint_missing()))
+    let mut why =
+        "the controller does not translate HTTPRoute into the waypoint's routes yet".to_owned();
+    if let Some(missing) = waypoint_missing() {
+        why = format!("{missing}; {why}");
+    }
+    Ok(Outcome::Skipped(why))
 }
 
 fn metrics(t: &mut Tour) -> Result<Outcome> {

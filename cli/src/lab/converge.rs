@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::netns::command_in;
 use super::state::LabState;
+use super::view::gateway_name;
 use super::{LabError, admin};
 
 /// Upper bound on a loaded machine; a change normally lands well within a second.
@@ -21,6 +22,7 @@ const POLL: Duration = Duration::from_millis(100);
 struct Dump {
     ready: bool,
     workloads: Vec<DumpWorkload>,
+    services: Vec<DumpService>,
     policies: Vec<DumpPolicy>,
 }
 
@@ -28,6 +30,15 @@ struct Dump {
 struct DumpWorkload {
     uid: String,
     captured: bool,
+    waypoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DumpService {
+    name: String,
+    namespace: String,
+    vips: Vec<String>,
+    waypoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +53,7 @@ pub fn wait(state: &LabState, mesh: &MeshState) -> Result<(), LabError> {
     loop {
         let pending: Vec<String> = (1..=state.nodes)
             .filter_map(|n| node_differs(state, mesh, n).err())
+            .chain(waypoints_not_ready(state))
             .collect();
         if pending.is_empty() {
             return Ok(());
@@ -58,6 +70,27 @@ pub fn wait(state: &LabState, mesh: &MeshState) -> Result<(), LabError> {
     }
 }
 
+/// The lab's waypoints that do not report ready (config received, certificate issued).
+fn waypoints_not_ready(state: &LabState) -> Vec<String> {
+    state
+        .pods
+        .values()
+        .filter(|p| p.run.iter().any(|r| r.program.ends_with("/ambit-waypoint")))
+        .filter_map(
+            |p| match admin::get(&p.netns, admin::AGENT_ADMIN, "/ready") {
+                Ok((200, _)) => None,
+                Ok((_, body)) => Some(format!(
+                    "waypoint {}/{}: {}",
+                    p.namespace,
+                    p.name,
+                    body.trim()
+                )),
+                Err(e) => Some(format!("waypoint {}/{}: {e}", p.namespace, p.name)),
+            },
+        )
+        .collect()
+}
+
 /// `Err(what differs)` while node `n`'s agent is behind.
 fn node_differs(state: &LabState, mesh: &MeshState, n: u8) -> Result<(), String> {
     let node = LabState::node_name(n);
@@ -72,18 +105,42 @@ fn node_differs(state: &LabState, mesh: &MeshState, n: u8) -> Result<(), String>
     if !dump.ready {
         return Err(format!("{node}: agent not ready"));
     }
-    let held: BTreeMap<&str, bool> = dump
+    // Capture and waypoints decide paths, so both must have arrived.
+    let held: BTreeMap<&str, (bool, Option<String>)> = dump
         .workloads
         .iter()
-        .map(|w| (w.uid.as_str(), w.captured))
+        .map(|w| (w.uid.as_str(), (w.captured, w.waypoint.clone())))
         .collect();
-    let want: BTreeMap<&str, bool> = mesh
+    let want: BTreeMap<&str, (bool, Option<String>)> = mesh
         .workloads
         .values()
-        .map(|w| (w.spec.uid.as_str(), w.spec.node_captured))
+        .map(|w| {
+            let waypoint = gateway_name(w.spec.waypoint.as_ref());
+            (w.spec.uid.as_str(), (w.spec.node_captured, waypoint))
+        })
         .collect();
     if held != want {
         return Err(format!("{node}: workloads not updated yet"));
+    }
+    let held: BTreeMap<String, (&[String], Option<String>)> = dump
+        .services
+        .iter()
+        .map(|s| {
+            let key = format!("{}/{}", s.namespace, s.name);
+            (key, (s.vips.as_slice(), s.waypoint.clone()))
+        })
+        .collect();
+    let want: BTreeMap<String, (&[String], Option<String>)> = mesh
+        .services
+        .values()
+        .map(|s| {
+            let key = format!("{}/{}", s.spec.namespace, s.spec.name);
+            let waypoint = gateway_name(s.spec.waypoint.as_ref());
+            (key, (s.spec.addresses.as_slice(), waypoint))
+        })
+        .collect();
+    if held != want {
+        return Err(format!("{node}: services not updated yet"));
     }
     let local: Vec<_> = mesh
         .workloads

@@ -5,13 +5,13 @@
 //! lab, a half-built one, one whose `ambit` was killed): it removes everything named with the
 //! lab's prefix, whether the state file remembers it or not.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::netns::Topology;
 use super::objects::{self, Store};
 use super::state::{LabDir, LabState, StateError};
-use super::{LabError, admin, binary, has_tool, is_root, kubeproxy, procs, reconcile};
+use super::{LabError, admin, binary, has_tool, is_root, kubeproxy, launch, procs, reconcile};
 
 /// Upper bound for a process to become ready on a loaded machine; normally a second or two.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
@@ -47,9 +47,7 @@ pub fn up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> Result<LabState,
     preflight()?;
     let controller_bin = binary("ambit-controller")?;
     let agent_bin = binary("ambit-ztunnel")?;
-    let ambit = std::env::current_exe().map_err(|_| LabError::MissingBinary {
-        path: PathBuf::from("ambit"),
-    })?;
+    let launch = launch(dir)?;
     if !(1..=20).contains(&nodes) {
         return Err(LabError::Placement(format!(
             "--nodes {nodes}: the lab runs 1 to 20 nodes"
@@ -93,7 +91,7 @@ pub fn up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> Result<LabState,
         store.put(object)?;
     }
     say(&format!("placing pods from {} object(s)", objects.len()));
-    let changes = reconcile::reconcile(dir, &mut state, &ambit)?;
+    let changes = reconcile::reconcile(dir, &mut state, &launch)?;
     for rejected in &changes.rejected {
         say(&format!("warning: the controller skips {rejected}"));
     }
@@ -160,6 +158,13 @@ pub fn up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> Result<LabState,
         let what = format!("the agent on node{index}");
         wait_ready(&what, agent, &netns, admin::AGENT_ADMIN)?;
     }
+    // Waypoints start once the controller has written their tokens.
+    let changes = reconcile::settle(dir, &mut state, &launch)?;
+    if changes.processes_started > 0 {
+        say("starting waypoints");
+    }
+    let mesh = super::view::load(&dir.manifests())?;
+    super::converge::wait(&state, &mesh.state)?;
     Ok(state)
 }
 

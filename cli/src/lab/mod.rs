@@ -7,6 +7,7 @@
 //! - [`reconcile`]: making the namespaces, processes, names and VIP rules match the objects;
 //! - [`view`]: the mesh as the controller translates it (captured pods, policies);
 //! - [`kubeproxy`]: VIP DNAT and service names for pods;
+//! - [`waypoints`]: a pod and a Service for each waypoint Gateway;
 //! - [`procs`], [`admin`]: the lab's processes and their admin endpoints;
 //! - [`wire`]: tcpdump on a node's link, to see what crosses it;
 //! - [`lifecycle`]: `ambit lab up | down | status`.
@@ -22,6 +23,7 @@ pub mod reconcile;
 pub mod render;
 pub mod state;
 pub mod view;
+pub mod waypoints;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -93,4 +95,18 @@ pub fn binary(name: &str) -> Result<PathBuf, LabError> {
 pub fn has_tool(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+/// The programs the lab starts in pods: this binary and, when built, the waypoint.
+pub fn launch(dir: &state::LabDir) -> Result<render::Launch, LabError> {
+    let ambit = std::env::current_exe().map_err(|_| LabError::MissingBinary {
+        path: PathBuf::from("ambit"),
+    })?;
+    Ok(render::Launch {
+        ambit,
+        waypoint: waypoints::WaypointLaunch {
+            program: binary("ambit-waypoint").ok(),
+            data: dir.data(),
+        },
+    })
 }

@@ -6,14 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::netns::{PodInfo, Topology};
 use super::objects::{Key, Store};
-use super::render::{self, DesiredPod};
+use super::render::{self, DesiredPod, Launch};
 use super::state::{LabDir, LabState, PodRecord, StateError, write_atomically};
-use super::{LabError, kubeproxy, procs, view};
+use super::{LabError, kubeproxy, procs, view, waypoints};
 
 /// How long a removed pod's processes get to exit on SIGTERM before SIGKILL.
 const POD_GRACE: Duration = Duration::from_secs(2);
@@ -26,12 +26,47 @@ pub struct Changes {
     pub processes_started: usize,
     /// Documents the controller rejects (it serves the rest).
     pub rejected: Vec<String>,
+    /// Files some pod's process waits for (see [`settle`]).
+    pub waiting: Vec<PathBuf>,
+}
+
+/// Upper bound for the controller to write what a waiting process needs (normally well within
+/// its 200 ms reload).
+const WAIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// [`reconcile`], then again once the files waiting processes need exist (the controller
+/// writes a waypoint's token after it has read the Gateway). Needs the controller running.
+pub fn settle(dir: &LabDir, state: &mut LabState, launch: &Launch) -> Result<Changes, LabError> {
+    let mut changes = reconcile(dir, state, launch)?;
+    let start = Instant::now();
+    while !changes.waiting.is_empty() {
+        if changes.waiting.iter().all(|p| p.exists()) {
+            let mut next = reconcile(dir, state, launch)?;
+            next.pods_added.append(&mut changes.pods_added);
+            next.pods_removed.append(&mut changes.pods_removed);
+            next.processes_started += changes.processes_started;
+            changes = next;
+            continue;
+        }
+        if start.elapsed() > WAIT_DEADLINE {
+            return Err(LabError::Placement(format!(
+                "still waiting for {} after {}s (is the controller running? `ambit lab status`)",
+                changes.waiting[0].display(),
+                WAIT_DEADLINE.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(changes)
 }
 
 /// Brings the lab in line with its objects; saves the state as it goes, so an interrupted
 /// reconcile is picked up by the next one (and `lab down` always knows what exists).
-pub fn reconcile(dir: &LabDir, state: &mut LabState, ambit: &Path) -> Result<Changes, LabError> {
-    let objects = Store::new(dir.objects()).load()?;
+pub fn reconcile(dir: &LabDir, state: &mut LabState, launch: &Launch) -> Result<Changes, LabError> {
+    let mut objects = Store::new(dir.objects()).load()?;
+    for made in waypoints::objects(&objects) {
+        objects.insert(made.key.clone(), made);
+    }
     let desired = render::desired_pods(&objects).map_err(LabError::Placement)?;
     assign_vips(&objects, state);
     let mut changes = Changes::default();
@@ -63,7 +98,7 @@ pub fn reconcile(dir: &LabDir, state: &mut LabState, ambit: &Path) -> Result<Cha
         kubeproxy::apply(&pod.netns, if captured { &empty } else { &rules })?;
     }
 
-    start_processes(dir, state, &desired, ambit, &mut changes)?;
+    start_processes(dir, state, &desired, launch, &mut changes)?;
     dir.save(state)?;
     Ok(changes)
 }
@@ -174,7 +209,7 @@ fn start_processes(
     dir: &LabDir,
     state: &mut LabState,
     desired: &BTreeMap<String, DesiredPod>,
-    ambit: &Path,
+    launch: &Launch,
     changes: &mut Changes,
 ) -> Result<(), LabError> {
     for (key, pod) in desired {
@@ -183,9 +218,20 @@ fn start_processes(
             .get_mut(key)
             .expect("every desired pod was placed");
         let node = LabState::node_name(record.node);
-        let specs = render::run_specs(pod, &node, record.ip, ambit);
+        let specs = render::run_specs(pod, &node, record.ip, launch);
         let healthy = record.processes.iter().all(procs::Proc::alive);
         if specs == record.run && healthy {
+            continue;
+        }
+        let missing: Vec<PathBuf> = specs
+            .iter()
+            .flat_map(|s| &s.needs)
+            .filter(|p| !p.exists())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            // Started by a later reconcile, once the controller has written them.
+            changes.waiting.extend(missing);
             continue;
         }
         for proc in &record.processes {

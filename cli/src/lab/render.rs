@@ -9,15 +9,17 @@
 //! - What a pod runs: a container's `command` (`ambit` means this very binary), or for the
 //!   sample image `ambit/echo` (or the annotation `lab.ambit.dev/app: echo`) an echo server on
 //!   each container port. Any other image runs nothing: the pod is idle, for `ambit exec`.
+//!   Pods the lab makes for waypoint Gateways run the waypoint ([`waypoints`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde_yaml::{Mapping, Value};
 
 use super::objects::{Key, Object, mapping_at, scalar, string_map};
 use super::state::{LabState, RunSpec};
+use super::waypoints::{self, WaypointLaunch};
 
 /// The annotation choosing a pod's sample app: `echo`, or `none` for an idle pod.
 pub const APP_ANNOTATION: &str = "lab.ambit.dev/app";
@@ -218,8 +220,16 @@ pub fn placed_pod(pod: &DesiredPod, node: &str, ip: Ipv4Addr) -> Value {
     value
 }
 
-/// What `pod` runs (see the module docs). `ambit` is this binary's path.
-pub fn run_specs(pod: &DesiredPod, node: &str, ip: Ipv4Addr, ambit: &Path) -> Vec<RunSpec> {
+/// The programs pods run: this binary, and the waypoint.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub ambit: PathBuf,
+    pub waypoint: WaypointLaunch,
+}
+
+/// What `pod` runs (see the module docs).
+pub fn run_specs(pod: &DesiredPod, node: &str, ip: Ipv4Addr, launch: &Launch) -> Vec<RunSpec> {
+    let ambit = launch.ambit.as_path();
     let annotations = string_map(pod.value.get("metadata").and_then(|m| m.get("annotations")));
     let app = annotations.get(APP_ANNOTATION).map(String::as_str);
     let containers = pod
@@ -263,6 +273,10 @@ pub fn run_specs(pod: &DesiredPod, node: &str, ip: Ipv4Addr, ambit: &Path) -> Ve
                 .filter_map(scalar)
                 .collect()
         };
+        if app == Some(waypoints::APP) {
+            specs.extend(waypoints::run_spec(pod, &launch.waypoint, env));
+            continue;
+        }
         let command = strings("command");
         let log = |suffix: &str| format!("{}-{}-{cname}{suffix}", pod.namespace, pod.name);
         if let Some((program, rest)) = command.split_first() {
@@ -278,6 +292,7 @@ pub fn run_specs(pod: &DesiredPod, node: &str, ip: Ipv4Addr, ambit: &Path) -> Ve
                 program,
                 args,
                 env,
+                needs: Vec::new(),
             });
             continue;
         }
@@ -318,6 +333,7 @@ pub fn run_specs(pod: &DesiredPod, node: &str, ip: Ipv4Addr, ambit: &Path) -> Ve
                     pod.name.clone(),
                 ],
                 env: env.clone(),
+                needs: Vec::new(),
             });
         }
     }

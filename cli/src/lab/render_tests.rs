@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use super::*;
 use crate::lab::netns::PodInfo;
@@ -104,7 +103,13 @@ fn the_controller_gets_nodes_namespaces_vips_and_no_deployments() {
 
 #[test]
 fn echo_images_run_an_echo_server_per_port_and_commands_run_as_given() {
-    let ambit = Path::new("/usr/bin/ambit");
+    let ambit = &Launch {
+        ambit: "/usr/bin/ambit".into(),
+        waypoint: WaypointLaunch {
+            program: None,
+            data: "/lab/data".into(),
+        },
+    };
     let pods = desired_pods(&objects(DEPLOYMENT)).unwrap();
     let specs = run_specs(
         &pods["shop/web-0"],

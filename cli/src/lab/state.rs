@@ -192,6 +192,9 @@ pub struct RunSpec {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Files that must exist before it can start (a waypoint's CA root and token).
+    #[serde(default)]
+    pub needs: Vec<PathBuf>,
 }
 
 impl PodRecord {

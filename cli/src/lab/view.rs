@@ -77,3 +77,12 @@ pub fn load(dir: &Path) -> Result<MeshView, ViewError> {
         trust_domain: settings.trust_domain,
     })
 }
+
+/// A waypoint address as agents print it in their config dump: `<ns>/<hostname>`, or the address.
+pub fn gateway_name(gateway: Option<&api::GatewayAddress>) -> Option<String> {
+    use api::gateway_address::Destination;
+    match gateway?.destination.as_ref()? {
+        Destination::Hostname(h) => Some(format!("{}/{}", h.namespace, h.hostname)),
+        Destination::Address(a) => Some(a.clone()),
+    }
+}
