@@ -13,7 +13,6 @@ pub mod fixtures;
 pub mod manifests;
 pub mod mesh;
 pub mod probe;
-pub mod wire;
 
 use std::time::{Duration, Instant};
 
