@@ -289,6 +289,7 @@ impl ClientStream {
                 .then(|| self.interest.allowed(generation, &mut self.allowed));
             let delta: Delta = sub.delta(generation, type_url, allowed.as_ref());
             if delta.is_empty() && !sub.owes_initial {
+                sub.caught_up(generation.number, allowed);
                 continue;
             }
             self.nonce += 1;

@@ -168,6 +168,15 @@ impl Subscription {
         self.owes_initial = false;
     }
 
+    /// Nothing was owed for `generation` (an empty delta, nothing in flight): the client holds
+    /// exactly what it would be sent, so later diffs may start from there. Without this a type
+    /// that rarely changes (services, policies) would fall out of the change history and be
+    /// diffed in full on every push.
+    pub fn caught_up(&mut self, generation: u64, allowed: Option<Allowed>) {
+        self.synced = generation;
+        self.synced_allowed = allowed;
+    }
+
     /// The client answered `nonce`. Returns the generation it acknowledged, on an ACK.
     pub fn answered(&mut self, nonce: &str, error: Option<&api::ErrorDetail>) -> Option<u64> {
         let in_flight = self.in_flight.take_if(|f| f.nonce == nonce)?;

@@ -1,0 +1,221 @@
+//! The config service on a real gRPC server, and a raw delta-xDS client that sends exactly what
+//! each test says: shared by the push tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambit_controller::model::ClusterState;
+use ambit_controller::push::{ConfigServer, Generation, PushMetrics};
+use ambit_controller::source::yaml::parse_file;
+use ambit_controller::translate::{Settings, translate};
+use ambit_proto::api::config_discovery_service_client::ConfigDiscoveryServiceClient;
+use ambit_proto::api::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse, type_url};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+pub fn pod(name: &str, node: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\nspec: {{nodeName: {node}, containers: [{{name: a, image: x}}]}}\nstatus: {{podIP: {ip}}}\n---\n"
+    )
+}
+
+pub const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {clusterIP: 10.96.0.10, selector: {app: cart}, ports: [{port: 80}]}\n---\n";
+
+pub fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n---\n"
+    )
+}
+
+pub struct Mesh {
+    pub generations: watch::Sender<Arc<Generation>>,
+    pub addr: SocketAddr,
+    pub server: ConfigServer,
+    pub registry: Arc<std::sync::Mutex<prometheus_client::registry::Registry>>,
+}
+
+impl Mesh {
+    pub async fn start(yaml: &str) -> Mesh {
+        let (generations, rx) = watch::channel(Arc::new(Generation::empty()));
+        let mut registry = prometheus_client::registry::Registry::default();
+        let server = ConfigServer::new(rx, PushMetrics::new(&mut registry));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = server.service();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mesh = Mesh {
+            generations,
+            addr,
+            server,
+            registry: Arc::new(std::sync::Mutex::new(registry)),
+        };
+        mesh.publish(yaml);
+        mesh
+    }
+
+    pub fn publish(&self, yaml: &str) {
+        let parsed = parse_file(Path::new("t.yaml"), yaml);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let mut state = ClusterState::new();
+        for o in parsed.objects {
+            state.upsert(o);
+        }
+        let snapshot = translate(&state, &Settings::default());
+        let next = self.generations.borrow().next(&snapshot, Instant::now());
+        self.generations.send_replace(Arc::new(next));
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().unwrap())
+            .unwrap();
+        out
+    }
+}
+
+/// A raw delta-xDS client: sends exactly what each test says, nothing more.
+pub struct Client {
+    pub tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    pub rx: Streaming<DeltaDiscoveryResponse>,
+    /// What this client holds, per type: name -> version.
+    pub held: HashMap<String, HashMap<String, String>>,
+}
+
+pub fn node_agent(node: &str) -> api::Node {
+    api::Node {
+        id: format!("ztunnel~{node}"),
+        role: api::NodeRole::NodeAgent as i32,
+        node_name: node.into(),
+        ..Default::default()
+    }
+}
+
+impl Client {
+    pub async fn connect(
+        addr: SocketAddr,
+        node: api::Node,
+        initial: HashMap<String, HashMap<String, String>>,
+    ) -> Client {
+        let mut grpc = ConfigDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        for (i, t) in [
+            type_url::WORKLOAD,
+            type_url::SERVICE,
+            type_url::AUTHORIZATION,
+        ]
+        .iter()
+        .enumerate()
+        {
+            tx.send(DeltaDiscoveryRequest {
+                node: (i == 0).then(|| node.clone()),
+                type_url: t.to_string(),
+                resource_names_subscribe: vec!["*".into()],
+                initial_resource_versions: initial.get(*t).cloned().unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let rx = grpc
+            .delta_config(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Client {
+            tx,
+            rx,
+            held: initial,
+        }
+    }
+
+    pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("no response within 10 s")
+            .unwrap()
+            .expect("stream ended")
+    }
+
+    /// Applies a response to `held` and ACKs it.
+    pub async fn ack(&mut self, r: &DeltaDiscoveryResponse) {
+        let held = self.held.entry(r.type_url.clone()).or_default();
+        for res in &r.resources {
+            held.insert(res.name.clone(), res.version.clone());
+        }
+        for name in &r.removed_resources {
+            held.remove(name);
+        }
+        self.answer(r, None).await;
+    }
+
+    pub async fn answer(&self, r: &DeltaDiscoveryResponse, error: Option<&str>) {
+        self.tx
+            .send(DeltaDiscoveryRequest {
+                type_url: r.type_url.clone(),
+                response_nonce: r.nonce.clone(),
+                error_detail: error.map(|m| api::ErrorDetail {
+                    code: 3,
+                    message: m.into(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Receives and ACKs one response per type.
+    pub async fn sync(&mut self) -> HashMap<String, DeltaDiscoveryResponse> {
+        let mut got = HashMap::new();
+        while got.len() < 3 {
+            let r = self.recv().await;
+            self.ack(&r).await;
+            got.insert(r.type_url.clone(), r);
+        }
+        got
+    }
+
+    /// Receives and ACKs responses until one of workloads and one of authorizations have come
+    /// (a workload change that moves policies between nodes sends both).
+    pub async fn sync_changes(&mut self) -> HashMap<String, DeltaDiscoveryResponse> {
+        let mut got = HashMap::new();
+        while !got.contains_key(type_url::WORKLOAD) || !got.contains_key(type_url::AUTHORIZATION) {
+            let r = self.recv().await;
+            self.ack(&r).await;
+            got.insert(r.type_url.clone(), r);
+        }
+        got
+    }
+
+    pub fn names(&self, t: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .held
+            .get(t)
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// The addresses of the first resource of `r`, which must be a workload.
+pub fn addresses(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    match &r.resources[0].kind {
+        Some(api::resource::Kind::Workload(w)) => w.addresses.clone(),
+        other => panic!("expected a workload, got {other:?}"),
+    }
+}
+
+pub fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name.as_str()).collect()
+}
