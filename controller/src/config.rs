@@ -78,22 +78,7 @@ pub struct Config {
     pub reload_interval: Duration,
 }
 
-/// "90s", "15m", "24h", "200ms".
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m or 24h"))?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h")),
-    };
-    Ok(Duration::from_secs(secs))
-}
+pub use ambit_proto::settings::parse_duration;
 
 impl Config {
     /// Cross-field checks. Returns every problem, not just the first.

@@ -65,3 +65,28 @@ impl ConfigStream {
         let _ = self.task.await;
     }
 }
+
+/// The config stream's state as the admin config dumps show it.
+#[derive(Debug, serde::Serialize)]
+pub struct ConfigDump {
+    pub connected: bool,
+    pub synced: bool,
+    pub connects: u64,
+    pub nacks: u64,
+    pub last_error: Option<String>,
+    /// How many config changes the proxy has applied.
+    pub applied_changes: u64,
+}
+
+impl ConfigDump {
+    pub fn new(status: ClientStatus, applied_changes: u64) -> Self {
+        ConfigDump {
+            connected: status.connected,
+            synced: status.synced,
+            connects: status.connects,
+            nacks: status.nacks,
+            last_error: status.last_error,
+            applied_changes,
+        }
+    }
+}

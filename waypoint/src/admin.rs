@@ -8,6 +8,7 @@ use ambit_proto::Identity;
 use ambit_proto::api;
 use ambit_proto::certs::CertManager;
 use ambit_proto::xds::ClientStatus;
+use ambit_runtime::config_stream::ConfigDump;
 use axum::extract::State;
 use axum::response::Json;
 use axum::routing::get;
@@ -53,23 +54,13 @@ pub struct Dump {
     pub identity: String,
     pub ready: bool,
     pub not_ready_because: Option<String>,
-    pub config: ClientStatusDump,
+    pub config: ConfigDump,
     /// Services whose traffic this waypoint takes.
     pub services: Vec<String>,
     pub routes: Vec<RouteDump>,
     pub backend_policies: Vec<String>,
     pub policies: Vec<PolicyDump>,
     pub certificate_expires_in_seconds: Option<i64>,
-}
-
-#[derive(Serialize)]
-pub struct ClientStatusDump {
-    pub connected: bool,
-    pub synced: bool,
-    pub connects: u64,
-    pub nacks: u64,
-    pub last_error: Option<String>,
-    pub applied_changes: u64,
 }
 
 #[derive(Serialize)]
@@ -110,14 +101,7 @@ pub fn dump(s: &WaypointView) -> Dump {
         identity: s.identity.to_string(),
         ready: s.not_ready_because().is_none(),
         not_ready_because: s.not_ready_because().map(str::to_string),
-        config: ClientStatusDump {
-            connected: status.connected,
-            synced: status.synced,
-            connects: status.connects,
-            nacks: status.nacks,
-            last_error: status.last_error,
-            applied_changes: state.version,
-        },
+        config: ConfigDump::new(status, state.version),
         services: state
             .services
             .values()

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use ambit_proto::api;
 use ambit_proto::xds::ClientStatus;
+use ambit_runtime::config_stream::ConfigDump;
 use axum::extract::State;
 use axum::response::Json;
 use axum::routing::get;
@@ -64,16 +65,6 @@ pub struct Dump {
     pub policies: Vec<PolicyDump>,
     pub certificates: Vec<CertificateDump>,
     pub open_connections: usize,
-}
-
-#[derive(Serialize)]
-pub struct ConfigDump {
-    pub connected: bool,
-    pub synced: bool,
-    pub connects: u64,
-    pub nacks: u64,
-    pub last_error: Option<String>,
-    pub applied_changes: u64,
 }
 
 #[derive(Serialize)]
@@ -142,14 +133,7 @@ pub fn dump(s: &AgentView) -> Dump {
         node: s.node.clone(),
         ready: s.not_ready_because().is_none(),
         not_ready_because: s.not_ready_because().map(str::to_string),
-        config: ConfigDump {
-            connected: status.connected,
-            synced: status.synced,
-            connects: status.connects,
-            nacks: status.nacks,
-            last_error: status.last_error,
-            applied_changes: state.version,
-        },
+        config: ConfigDump::new(status, state.version),
         workloads: state
             .workloads
             .values()
