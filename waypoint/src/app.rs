@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::{Context, OwnCertificate, Settings, balance};
 use crate::state::WaypointConfig;
+use crate::trace::Tracer;
 
 /// Runs the waypoint until `shutdown` resolves, then drains.
 pub async fn run(config: Config, set_log_level: SetLogLevel, shutdown: Shutdown) -> Result<()> {
@@ -54,6 +55,15 @@ pub async fn run(config: Config, set_log_level: SetLogLevel, shutdown: Shutdown)
         .with_context(|| format!("listening on {}", config.hbone_addr))?;
 
     let waypoint_config = WaypointConfig::new(Store::new(&control.trust_domain), gateway.clone());
+    // Traces, when asked for: the exporter runs until after the drain, to send the last spans.
+    let (tracer, exporter) = match config.trace_settings() {
+        Some(settings) => {
+            info!(endpoint = %settings.endpoint.uri, sampling = settings.sampling, "exporting traces");
+            let (tracer, exporter) = Tracer::start(settings, metrics.clone());
+            (Some(tracer), Some(exporter))
+        }
+        None => (None, None),
+    };
     let dialer = Dialer::new().with_connect_timeout(config.connect_timeout);
     let ctx = Arc::new(Context {
         config: waypoint_config.clone(),
@@ -78,6 +88,7 @@ pub async fn run(config: Config, set_log_level: SetLogLevel, shutdown: Shutdown)
             },
         },
         requests: Arc::new(Semaphore::new(config.max_requests)),
+        tracer,
     });
 
     // Config from the controller.
@@ -88,14 +99,13 @@ pub async fn run(config: Config, set_log_level: SetLogLevel, shutdown: Shutdown)
         waypoint: waypoint_name.clone(),
         ..Default::default()
     };
-    let mut types = vec![
+    let types = [
         type_url::WORKLOAD,
         type_url::SERVICE,
         type_url::AUTHORIZATION,
+        type_url::ROUTE,
+        type_url::BACKEND_POLICY,
     ];
-    if config.routes_from_controller {
-        types.extend([type_url::ROUTE, type_url::BACKEND_POLICY]);
-    }
     let config_stream = ConfigStream::start(
         control,
         roots,
@@ -143,6 +153,9 @@ pub async fn run(config: Config, set_log_level: SetLogLevel, shutdown: Shutdown)
     info!("draining (up to {:?})", config.drain_timeout);
     let outcome = trigger.drain(config.drain_timeout).await;
     info!(?outcome, "drained");
+    if let Some(exporter) = exporter {
+        exporter.shutdown(Duration::from_secs(2)).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), config_stream.stop()).await;
     Ok(())
 }

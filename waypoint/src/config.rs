@@ -11,6 +11,8 @@ use ambit_runtime::flags::{ControlPlaneFlags, check_listeners};
 use ambit_runtime::process::Validate;
 use clap::Parser;
 
+use crate::trace::{Endpoint, TraceSettings};
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ambit-waypoint", version, about = "Ambit's shared L7 proxy")]
 pub struct Config {
@@ -26,11 +28,6 @@ pub struct Config {
     /// The HBONE port of the destination node agents (always 15008 in a mesh; labs may differ).
     #[arg(long, env = "AMBIT_UPSTREAM_HBONE_PORT", default_value_t = ambit_proto::hbone::HBONE_PORT)]
     pub upstream_hbone_port: u16,
-    /// Subscribe to HTTP routes and backend policies. Off until the controller translates
-    /// HTTPRoute: a controller that does not serve the types refuses the whole config stream.
-    /// Without routes every request goes to the service it was addressed to.
-    #[arg(long, env = "AMBIT_ROUTES_FROM_CONTROLLER", default_value_t = false)]
-    pub routes_from_controller: bool,
     /// HBONE connections from agents at once; at the limit, accepting pauses (backpressure).
     #[arg(long, env = "AMBIT_MAX_CONNECTIONS", default_value_t = 16 * 1024)]
     pub max_connections: usize,
@@ -58,6 +55,21 @@ pub struct Config {
     /// On SIGTERM: stop accepting, then give open requests this long to finish.
     #[arg(long, env = "AMBIT_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Send OpenTelemetry traces to this OTLP/HTTP collector, `http://host:port` (spans are
+    /// POSTed to `<endpoint>/v1/traces`). Unset: no spans, and `traceparent` passes untouched.
+    #[arg(long, env = "AMBIT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, 0.0 to 1.0. A request whose `traceparent` carries a
+    /// sampling decision keeps it, so one trace is never recorded in pieces.
+    #[arg(long, env = "AMBIT_TRACE_SAMPLING", default_value_t = 1.0)]
+    pub trace_sampling: f64,
+    /// Spans are sent at least this often (OTel's batch processor default).
+    #[arg(long, env = "AMBIT_OTLP_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub otlp_flush_interval: Duration,
+    /// Finished spans waiting to be sent; beyond it new spans are dropped and counted, so a slow
+    /// collector never holds up requests (OTel's default queue size).
+    #[arg(long, env = "AMBIT_OTLP_QUEUE_SIZE", default_value_t = 2048)]
+    pub otlp_queue_size: usize,
 }
 
 impl Validate for Config {
@@ -78,6 +90,7 @@ impl Validate for Config {
                 "--upstream-hbone-port",
                 usize::from(self.upstream_hbone_port),
             ),
+            ("--otlp-queue-size", self.otlp_queue_size),
         ] {
             if n == 0 {
                 errors.push(format!("{flag} must be at least 1"));
@@ -88,10 +101,22 @@ impl Validate for Config {
             ("--idle-timeout", self.idle_timeout),
             ("--half-close-timeout", self.half_close_timeout),
             ("--connect-timeout", self.connect_timeout),
+            ("--otlp-flush-interval", self.otlp_flush_interval),
         ] {
             if d.is_zero() {
                 errors.push(format!("{flag} must be more than 0"));
             }
+        }
+        if let Some(e) = &self.otlp_endpoint
+            && let Err(e) = Endpoint::parse(e)
+        {
+            errors.push(e.to_string());
+        }
+        if !(0.0..=1.0).contains(&self.trace_sampling) {
+            errors.push(format!(
+                "--trace-sampling {}: must be between 0.0 and 1.0",
+                self.trace_sampling
+            ));
         }
         if errors.is_empty() {
             Ok(())
@@ -110,6 +135,20 @@ impl Config {
             }
             _ => Err("must be <namespace>/<name>".into()),
         }
+    }
+
+    /// Tracing, if `--otlp-endpoint` asks for it (call after `validate`).
+    pub fn trace_settings(&self) -> Option<TraceSettings> {
+        let endpoint = Endpoint::parse(self.otlp_endpoint.as_deref()?).ok()?;
+        let (namespace, name) = self.gateway().ok()?;
+        Some(TraceSettings {
+            endpoint,
+            sampling: self.trace_sampling,
+            flush_interval: self.otlp_flush_interval,
+            queue: self.otlp_queue_size,
+            service_name: format!("{name}.{namespace}"),
+            namespace,
+        })
     }
 
     /// The waypoint's own identity: its Gateway's name as the service account.
@@ -146,6 +185,62 @@ mod tests {
                 .iter()
                 .any(|e| e.contains("--hbone-addr and --admin-addr"))
         );
+    }
+
+    fn parse(extra: &[&str]) -> Config {
+        let mut args = vec![
+            "ambit-waypoint",
+            "--waypoint",
+            "shop/waypoint",
+            "--root-cert",
+            "r",
+            "--token-file",
+            "t",
+        ];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn tracing_is_off_by_default() {
+        let config = parse(&[]);
+        assert!(config.trace_settings().is_none());
+    }
+
+    #[test]
+    fn tracing_settings_are_checked() {
+        let config = parse(&[
+            "--otlp-endpoint",
+            "https://collector:4318",
+            "--trace-sampling",
+            "1.5",
+            "--otlp-queue-size",
+            "0",
+            "--otlp-flush-interval",
+            "0s",
+        ]);
+        let errors = config.validate().unwrap_err();
+        for flag in [
+            "--otlp-endpoint",
+            "--trace-sampling",
+            "--otlp-queue-size",
+            "--otlp-flush-interval",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(flag)),
+                "{flag}: {errors:#?}"
+            );
+        }
+        let config = parse(&[
+            "--otlp-endpoint",
+            "http://collector:4318",
+            "--trace-sampling",
+            "0.25",
+        ]);
+        let settings = config.trace_settings().unwrap();
+        assert_eq!(settings.endpoint.uri, "http://collector:4318/v1/traces");
+        assert_eq!(settings.sampling, 0.25);
+        assert_eq!(settings.service_name, "waypoint.shop");
     }
 
     #[test]

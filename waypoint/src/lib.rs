@@ -4,6 +4,7 @@
 //! - [`state`]: the config from the controller, with routes validated and compiled (`routes`);
 //! - [`proxy`]: the data path, tunnel by tunnel and request by request;
 //! - [`metrics`], [`admin`]: Istio's request metrics, readiness, the config dump, log level;
+//! - [`trace`]: OpenTelemetry spans per request, W3C `traceparent` propagation, OTLP export;
 //! - [`app`]: wiring and shutdown.
 #![forbid(unsafe_code)]
 
@@ -14,3 +15,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod state;
+pub mod trace;

@@ -109,6 +109,9 @@ pub struct Metrics {
     pub ejections: Counter,
     pub certificate_fetches: Family<ResultLabel, Counter>,
     pub config_connected: Gauge,
+    /// Spans lost before reaching the collector, by reason (`queue_full`, `export_failed`).
+    pub trace_spans_dropped: Family<ReasonLabel, Counter>,
+    pub trace_spans_exported: Counter,
 }
 
 impl Metrics {
@@ -129,6 +132,8 @@ impl Metrics {
             ejections: Counter::default(),
             certificate_fetches: Family::default(),
             config_connected: Gauge::default(),
+            trace_spans_dropped: Family::default(),
+            trace_spans_exported: Counter::default(),
         };
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register("requests", "Requests processed", m.requests.clone());
@@ -198,6 +203,16 @@ impl Metrics {
             "config_connected",
             "1 while the config stream to the controller is open",
             m.config_connected.clone(),
+        );
+        own.register(
+            "trace_spans_dropped",
+            "Spans not delivered to the OTLP collector, by reason",
+            m.trace_spans_dropped.clone(),
+        );
+        own.register(
+            "trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            m.trace_spans_exported.clone(),
         );
         m
     }

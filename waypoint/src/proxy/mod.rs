@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 use crate::state::WaypointConfig;
+use crate::trace::Tracer;
 
 /// What a tunnel carries, as detected from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,8 @@ pub struct Context {
     pub settings: Settings,
     /// One permit per request in flight, waypoint-wide.
     pub requests: Arc<Semaphore>,
+    /// Set when traces are exported (`--otlp-endpoint`).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// Who a tunnel is from and what it was addressed to.

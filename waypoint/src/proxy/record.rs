@@ -13,6 +13,7 @@ use tracing::info;
 
 use super::Downstream;
 use crate::metrics::{Metrics, RequestLabels};
+use crate::trace::{RequestSpan, Tracer, otlp, span};
 
 pub struct RequestRecord {
     metrics: Arc<Metrics>,
@@ -31,6 +32,10 @@ pub struct RequestRecord {
     pub request_bytes: Arc<AtomicU64>,
     /// The request's place under its service's request limit, held until the response ends.
     pub slot: Option<super::balance::RequestSlot>,
+    /// The request's span, when traces are exported; finished with the record.
+    pub trace: Option<(Arc<Tracer>, RequestSpan)>,
+    /// The port the client addressed (names the span, as Envoy's `<host>:<port>/*`).
+    port: u16,
 }
 
 fn workload_labels(w: Option<&Workload>) -> (String, String, String, String, String) {
@@ -108,6 +113,8 @@ impl RequestRecord {
             attempts: 0,
             request_bytes: Arc::default(),
             slot: None,
+            trace: None,
+            port: down.authority.port(),
         };
         record.destination(None, None);
         record
@@ -135,6 +142,18 @@ impl RequestRecord {
             l.destination_service = "unknown".into();
             l.destination_service_name = "unknown".into();
             l.destination_service_namespace = "unknown".into();
+        }
+    }
+
+    /// Starts the request's span from the headers the client sent, if traces are exported.
+    pub fn start_trace(&mut self, tracer: Option<&Arc<Tracer>>, headers: &http::HeaderMap) {
+        self.trace = tracer.map(|t| (t.clone(), t.start_span(headers)));
+    }
+
+    /// Points the upstream request's `traceparent` at this request's span.
+    pub fn propagate_trace(&self, headers: &mut http::HeaderMap) {
+        if let Some((_, span)) = &self.trace {
+            span.inject(headers);
         }
     }
 
@@ -184,5 +203,76 @@ impl RequestRecord {
             reason = %self.reason,
             "request complete"
         );
+        if let Some((tracer, span)) = self.trace.take()
+            && span.sampled()
+        {
+            let name = self.span_name();
+            let attributes = self.span_attributes(request_bytes, response_bytes);
+            let status = self.labels.response_code.parse().unwrap_or(0);
+            tracer.submit(span.finish(name, attributes, status));
+        }
+    }
+
+    /// `<service>:<port>/*`: Envoy's name for a span of a virtual host, so traces from Istio's
+    /// waypoints and Ambit's group the same way.
+    fn span_name(&self) -> String {
+        let l = &self.labels;
+        if l.destination_service != "unknown" {
+            format!("{}:{}/*", l.destination_service, self.port)
+        } else {
+            format!("{}/*", self.host)
+        }
+    }
+
+    /// OTel's HTTP server conventions, then Istio's peer metadata under the names of its metric
+    /// labels, then where the request went.
+    fn span_attributes(&self, request_bytes: u64, response_bytes: u64) -> Vec<otlp::KeyValue> {
+        let l = &self.labels;
+        let mut attributes = vec![
+            span::string("http.request.method", self.method.clone()),
+            span::string("url.path", self.path.clone()),
+            span::string("server.address", self.host.clone()),
+            span::int("server.port", i64::from(self.port)),
+            span::string("client.address", self.source.ip().to_string()),
+            span::string(
+                "network.protocol.name",
+                if l.request_protocol == "grpc" {
+                    "grpc"
+                } else {
+                    "http"
+                },
+            ),
+            span::int("http.request.body.size", request_bytes as i64),
+            span::int("http.response.body.size", response_bytes as i64),
+        ];
+        if let Ok(status) = l.response_code.parse::<i64>() {
+            attributes.push(span::int("http.response.status_code", status));
+        }
+        for (key, value) in [
+            ("istio.source_workload", &l.source_workload),
+            (
+                "istio.source_workload_namespace",
+                &l.source_workload_namespace,
+            ),
+            ("istio.source_principal", &l.source_principal),
+            ("istio.destination_workload", &l.destination_workload),
+            (
+                "istio.destination_workload_namespace",
+                &l.destination_workload_namespace,
+            ),
+            ("istio.destination_principal", &l.destination_principal),
+            ("istio.destination_service", &l.destination_service),
+            ("istio.response_flags", &l.response_flags),
+            ("ambit.route", &self.route),
+        ] {
+            attributes.push(span::string(key, value.clone()));
+        }
+        if let Some(upstream) = self.upstream {
+            attributes.push(span::string("upstream_address", upstream.to_string()));
+        }
+        if !self.reason.is_empty() {
+            attributes.push(span::string("ambit.reason", self.reason.clone()));
+        }
+        attributes
     }
 }

@@ -46,6 +46,7 @@ pub async fn handle(
             &host,
             grpc,
         );
+        record.start_trace(ctx.tracer.as_ref(), req.headers());
         // The waypoint-wide limit: beyond it, fail fast instead of queueing without bound.
         let permit = ctx.requests.clone().try_acquire_owned();
         let result = match permit {
@@ -171,6 +172,8 @@ async fn proxy(
     for m in &rule.request_headers {
         filters::modify_headers(&mut headers, m);
     }
+    // After the route's own header filters: the backend's parent is the waypoint's span.
+    record.propagate_trace(&mut headers);
     let (mut up_path, mut up_host) = (path.to_string(), host.to_string());
     if let Some(rw) = &rule.rewrite {
         if let Some(p) = &rw.path {

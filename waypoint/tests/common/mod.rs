@@ -6,7 +6,13 @@
 //! stream feeds.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
+mod backend;
+pub mod collector;
+mod resources;
+
+pub use backend::*;
+pub use resources::*;
+
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,13 +33,12 @@ use ambit_proto::xds::ConfigHandler;
 use ambit_proto::{Identity, drain};
 use ambit_waypoint::metrics::Metrics;
 use ambit_waypoint::proxy::inbound::Inbound;
-use ambit_waypoint::proxy::{Context, OwnCertificate, Protocol, Settings, balance, detect};
+use ambit_waypoint::proxy::{Context, OwnCertificate, Protocol, Settings, balance};
 use ambit_waypoint::state::WaypointConfig;
+use ambit_waypoint::trace::{ExporterHandle, TraceSettings, Tracer};
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -71,6 +76,7 @@ pub struct Mesh {
     pub client_cert: Arc<WorkloadCertificate>,
     pub client: hbone::Client,
     next_ip: AtomicU64,
+    exporter: Mutex<Option<ExporterHandle>>,
     _triggers: Vec<drain::Trigger>,
 }
 
@@ -83,6 +89,11 @@ fn issued(cert: Arc<WorkloadCertificate>) -> Issued {
 
 impl Mesh {
     pub async fn start() -> Mesh {
+        Mesh::start_with(None).await
+    }
+
+    /// A mesh whose waypoint exports traces as `--otlp-endpoint` would make it.
+    pub async fn start_with(tracing: Option<TraceSettings>) -> Mesh {
         let ca = testing::ca();
         let waypoint_cert = testing::cert(&ca, NS, "waypoint");
         let backend_cert = testing::cert(&ca, NS, "backend");
@@ -103,6 +114,13 @@ impl Mesh {
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
+        let (tracer, exporter) = match tracing {
+            Some(settings) => {
+                let (tracer, exporter) = Tracer::start(settings, metrics.clone());
+                (Some(tracer), Some(exporter))
+            }
+            None => (None, None),
+        };
         let store = WaypointConfig::new(
             Store::new(testing::TRUST_DOMAIN),
             (NS.into(), "waypoint".into()),
@@ -124,6 +142,7 @@ impl Mesh {
                 },
             },
             requests: Arc::new(Semaphore::new(10_000)),
+            tracer,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let waypoint = listener.local_addr().unwrap();
@@ -148,6 +167,7 @@ impl Mesh {
             client_cert,
             client: hbone::Client::new(ClientSettings::default()),
             next_ip: AtomicU64::new(2),
+            exporter: Mutex::new(exporter),
             _triggers: vec![trigger, agent_trigger],
         };
         mesh.apply(
@@ -240,6 +260,14 @@ impl Mesh {
         }
     }
 
+    /// Stops the trace exporter the way the waypoint does on shutdown: every queued span sent.
+    pub async fn flush_traces(&self) {
+        let exporter = self.exporter.lock().unwrap().take();
+        if let Some(exporter) = exporter {
+            exporter.shutdown(Duration::from_secs(30)).await;
+        }
+    }
+
     pub fn metrics(&self) -> String {
         ambit_proto::admin::encode_metrics(&self.registry.lock().unwrap())
             .unwrap()
@@ -308,222 +336,4 @@ pub fn get(path: &str) -> http::request::Builder {
     Request::builder()
         .uri(path)
         .header(http::header::HOST, "svc.test")
-}
-
-/// How a test backend answers.
-#[derive(Clone, Default)]
-pub struct Behaviour {
-    /// Every n-th request (1-based: 2 fails the 2nd, 4th, ...) gets `fail_status`.
-    pub fail_every: u64,
-    pub fail_status: u16,
-    /// Held before answering.
-    pub delay: Duration,
-}
-
-/// An HTTP backend on its own loopback address, speaking HTTP/1.1 and HTTP/2 (prior knowledge).
-/// It answers 200 with `x-backend: <name>`, `x-seen-path` (path and query), and every request
-/// header echoed as `x-req-<name>`.
-pub struct Backend {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub requests: Arc<AtomicU64>,
-}
-
-impl Backend {
-    pub async fn start(mesh: &Mesh, name: &str, behaviour: Behaviour) -> Backend {
-        let listener = TcpListener::bind(SocketAddr::new(mesh.next_ip(), 0))
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(AtomicU64::new(0));
-        let (counter, label) = (requests.clone(), name.to_string());
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (counter, label, behaviour) =
-                    (counter.clone(), label.clone(), behaviour.clone());
-                tokio::spawn(async move {
-                    let Ok((protocol, io)) = detect::detect(tcp, Duration::from_secs(10)).await
-                    else {
-                        return;
-                    };
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                        answer(label.clone(), behaviour.clone(), n, req)
-                    });
-                    let io = TokioIo::new(io);
-                    let _ = match protocol {
-                        Protocol::Http2 => {
-                            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                .serve_connection(io, service)
-                                .await
-                        }
-                        _ => {
-                            hyper::server::conn::http1::Builder::new()
-                                .serve_connection(io, service)
-                                .await
-                        }
-                    };
-                });
-            }
-        });
-        Backend {
-            name: name.into(),
-            addr,
-            requests,
-        }
-    }
-}
-
-async fn answer(
-    name: String,
-    behaviour: Behaviour,
-    n: u64,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    if !behaviour.delay.is_zero() {
-        tokio::time::sleep(behaviour.delay).await;
-    }
-    let status = if behaviour.fail_every > 0 && n.is_multiple_of(behaviour.fail_every) {
-        StatusCode::from_u16(behaviour.fail_status).unwrap()
-    } else {
-        StatusCode::OK
-    };
-    let mut builder = Response::builder()
-        .status(status)
-        .header("x-backend", &name)
-        .header(
-            "x-seen-path",
-            parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
-        );
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(parts.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
-        .to_string();
-    builder = builder.header("x-seen-host", host);
-    for (k, v) in &parts.headers {
-        builder = builder.header(format!("x-req-{k}"), v);
-    }
-    Ok(builder.body(Full::new(body)).unwrap())
-}
-
-pub fn hostname(name: &str) -> String {
-    format!("{name}.{NS}.svc.cluster.local")
-}
-
-pub fn resource(name: &str, kind: Kind) -> api::Resource {
-    api::Resource {
-        name: name.into(),
-        version: "1".into(),
-        kind: Some(kind),
-    }
-}
-
-/// A service at `vip:80` that uses the test waypoint.
-pub fn service(name: &str, vip: &str) -> api::Resource {
-    resource(
-        &format!("{NS}/{name}"),
-        Kind::Service(api::Service {
-            name: name.into(),
-            namespace: NS.into(),
-            hostname: hostname(name),
-            addresses: vec![vip.into()],
-            ports: vec![api::Port {
-                service_port: 80,
-                target_port: 0,
-            }],
-            waypoint: Some(api::GatewayAddress {
-                destination: Some(api::gateway_address::Destination::Hostname(
-                    api::NamespacedHostname {
-                        namespace: NS.into(),
-                        hostname: hostname("waypoint"),
-                    },
-                )),
-                hbone_mtls_port: 15008,
-            }),
-            ..Default::default()
-        }),
-    )
-}
-
-/// A captured pod speaking HBONE; `services` are (hostname, service port, target port).
-pub fn workload(
-    name: &str,
-    ns: &str,
-    sa: &str,
-    ip: &str,
-    services: &[(&str, u32, u16)],
-) -> api::Resource {
-    resource(
-        &format!("cluster/core/Pod/{ns}/{name}"),
-        Kind::Workload(api::Workload {
-            uid: format!("cluster/core/Pod/{ns}/{name}"),
-            name: name.into(),
-            namespace: ns.into(),
-            service_account: sa.into(),
-            addresses: vec![ip.into()],
-            tunnel_protocol: api::TunnelProtocol::Hbone as i32,
-            node_captured: true,
-            workload_name: name.into(),
-            services: services
-                .iter()
-                .map(|(host, port, target)| {
-                    (
-                        format!("{NS}/{host}"),
-                        api::PortList {
-                            ports: vec![api::Port {
-                                service_port: *port,
-                                target_port: u32::from(*target),
-                            }],
-                        },
-                    )
-                })
-                .collect(),
-            ..Default::default()
-        }),
-    )
-}
-
-/// A backend reference to the service `name` with `weight`.
-pub fn backend_ref(name: &str, weight: u32) -> api::BackendRef {
-    api::BackendRef {
-        namespace: NS.into(),
-        hostname: hostname(name),
-        port: 0,
-        weight,
-    }
-}
-
-/// An HTTPRoute on the service `parent` with `rules`.
-pub fn route(name: &str, parent: &str, rules: Vec<api::RouteRule>) -> api::Route {
-    api::Route {
-        name: name.into(),
-        namespace: NS.into(),
-        parents: vec![api::ParentRef {
-            kind: "Service".into(),
-            namespace: NS.into(),
-            name: parent.into(),
-            port: 0,
-        }],
-        hostnames: Vec::new(),
-        rules,
-        creation_timestamp: 0,
-    }
-}
-
-pub fn path_prefix(p: &str) -> api::RouteMatch {
-    api::RouteMatch {
-        path: Some(api::PathMatch {
-            kind: Some(api::path_match::Kind::Prefix(p.into())),
-        }),
-        ..Default::default()
-    }
 }
