@@ -9,6 +9,8 @@
 //! - [`grpc`]: gRPC with the control plane over SPIFFE-verified TLS;
 //! - [`hbone`]: HBONE, mTLS HTTP/2 CONNECT tunnels on port 15008, wire-compatible with Istio;
 //! - [`relay`]: splicing two streams with half-close;
+//! - [`routes`]: HTTP routes compiled and searched in Gateway API order (waypoints; the controller
+//!   validates with the same compiler);
 //! - [`drain`]: graceful shutdown shared by every server;
 //! - [`xds`]: the config-discovery client (subscribe, ACK/NACK, reconnect, resume).
 #![forbid(unsafe_code)]
@@ -23,6 +25,7 @@ pub mod identity;
 pub mod mesh;
 pub mod net;
 pub mod relay;
+pub mod routes;
 pub mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -10,7 +10,7 @@ use ambit_proto::api::{self, resource::Kind, type_url};
 use ambit_proto::mesh::{MeshState, Service, Store, Workload};
 use ambit_proto::xds::ConfigHandler;
 
-use crate::routes::{self, RouteTable};
+use ambit_proto::routes::{self, RouteTable};
 
 /// What a tunnel was addressed to (its CONNECT authority).
 #[derive(Clone)]

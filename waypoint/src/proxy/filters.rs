@@ -5,8 +5,8 @@ use ambit_proto::api::{self, path_rewrite};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::{Body, empty};
-use crate::routes::Match;
-use crate::routes::rule::PathMatch;
+use ambit_proto::routes::Match;
+use ambit_proto::routes::rule::PathMatch;
 
 /// Applies set, then add, then remove (Gateway API's order). Names and values were checked when
 /// the route was compiled.

@@ -28,7 +28,7 @@ use super::record::RequestRecord;
 use super::respond::ProxyError;
 use super::upstream::{self, SendError};
 use super::{ConnState, Context, Protocol};
-use crate::routes::Rule;
+use ambit_proto::routes::Rule;
 use crate::state::Endpoint;
 
 /// The request as it goes upstream, rebuilt for every attempt.

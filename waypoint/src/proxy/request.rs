@@ -20,7 +20,7 @@ use super::forward::{self, Backend, Head};
 use super::record::RequestRecord;
 use super::respond::ProxyError;
 use super::{ConnState, Context, Protocol, balance, filters, upstream};
-use crate::routes::{Match, RequestView, Rule};
+use ambit_proto::routes::{Match, RequestView, Rule};
 use crate::state::{self, Endpoint, Target};
 
 /// Serves one request; never fails (errors are responses).

@@ -11,8 +11,8 @@ pub mod rule;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ambit_proto::api;
-use ambit_proto::mesh::MeshState;
+use crate::api;
+use crate::mesh::MeshState;
 use tracing::warn;
 
 pub use rule::{Match, RequestView, Retry, Rule, RuleError};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ambit_proto::api::{self, filter, path_match, path_rewrite, value_match};
+use crate::api::{self, filter, path_match, path_rewrite, value_match};
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
