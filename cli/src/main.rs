@@ -1,7 +1,7 @@
 //! `ambit`, the operator command: the local lab (`lab`), Kubernetes-style verbs against it
 //! (`apply`, `delete`, `label`, `exec`, `get`), looking into the mesh (`check`,
 //! `ztunnel-config`, `explain`), the guided tour (`demo`), and the sample apps lab pods run
-//! (`app`).
+//! (`app`). Against a Kubernetes cluster: `install`, `uninstall`, `waypoint`, `check`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,10 +9,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ambit_cli::apps::{connect, echo};
+use ambit_cli::cluster::{self, render, waypoint};
 use ambit_cli::cmd;
 use ambit_cli::cmd::ztunnel_config::Section;
 use ambit_cli::lab::lifecycle;
 use ambit_cli::lab::state::LabDir;
+use ambit_cli::target::Target;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -68,8 +70,39 @@ enum Command {
         /// pods, services or policies.
         what: String,
     },
-    /// Checks the machine's prerequisites and says how to fix what is missing.
-    Check,
+    /// Checks the lab's prerequisites, or a cluster's (CRDs, controller, agents on every node),
+    /// and says how to fix what is missing. The cluster is checked when KUBECONFIG,
+    /// ~/.kube/config or an in-cluster config is present, the lab otherwise.
+    Check {
+        /// Check the cluster of the current kubeconfig context.
+        #[arg(long, conflicts_with = "lab")]
+        kubernetes: bool,
+        /// Check the local lab's prerequisites even when a cluster is configured.
+        #[arg(long)]
+        lab: bool,
+    },
+    /// Installs Ambit into the cluster (server-side apply of deploy/base with the values).
+    Install {
+        /// Print the manifests instead of applying them.
+        #[arg(long)]
+        dry_run: bool,
+        /// key=value, repeatable; `--set help=` lists the keys.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Removes Ambit from the cluster: the agents first (each removes its node's rules), then
+    /// the controller and the rest. CRDs are kept unless --crds.
+    Uninstall {
+        /// Also delete Ambit's CRDs, and with them every policy of those kinds.
+        #[arg(long)]
+        crds: bool,
+        /// How long the agents get to stop (250ms, 30s, 2m).
+        #[arg(long, default_value = "2m", value_parser = connect::parse_duration)]
+        timeout: Duration,
+    },
+    /// Waypoints of a cluster's namespaces (Gateway API Gateways of class ambit-waypoint).
+    #[command(subcommand)]
+    Waypoint(WaypointCommand),
     /// Shows what the node agents hold.
     #[command(name = "ztunnel-config")]
     ZtunnelConfig {
@@ -107,6 +140,38 @@ enum Lab {
     Down,
     /// Nodes, agents, pods and waypoints.
     Status,
+}
+
+#[derive(Subcommand)]
+enum WaypointCommand {
+    /// Creates or updates a namespace's waypoint.
+    Apply {
+        /// Default: the kubeconfig context's namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(long, default_value = "waypoint")]
+        name: String,
+        /// Which traffic it takes (istio.io/waypoint-for).
+        #[arg(long = "for", value_enum, default_value = "service")]
+        traffic: waypoint::For,
+        /// Also label the namespace istio.io/use-waypoint=<name>.
+        #[arg(long)]
+        enroll_namespace: bool,
+    },
+    /// Lists waypoints.
+    List {
+        #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Deletes a waypoint (and un-enrolls its namespace if enrolled in it).
+    Delete {
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(long, default_value = "waypoint")]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,6 +225,17 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::App(app) => run_app(app),
+        Command::Check {
+            kubernetes: false,
+            lab,
+        } if Target::choose(lab, false) == Target::Lab => run(Command::Check {
+            kubernetes: false,
+            lab,
+        }),
+        command @ (Command::Install { .. }
+        | Command::Uninstall { .. }
+        | Command::Waypoint(_)
+        | Command::Check { .. }) => run_cluster(command),
         command => run(command),
     };
     match result {
@@ -210,14 +286,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Exec { pod, command } => cmd::exec::exec(&dir, &pod, &command),
         Command::Get { what } => print(cmd::get(&dir, &what)),
-        Command::Check => {
+        Command::Check { .. } => {
             let (report, ok) = cmd::check::report(&cmd::check::run());
             print!("{report}");
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit(ok))
         }
         Command::ZtunnelConfig {
             section,
@@ -246,8 +318,89 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", explanation.lines.join("\n"));
             Ok(ExitCode::SUCCESS)
         }
-        Command::App(_) => unreachable!("handled in main"),
+        Command::App(_)
+        | Command::Install { .. }
+        | Command::Uninstall { .. }
+        | Command::Waypoint(_) => unreachable!("handled in main"),
     }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The commands against a cluster, on a current-thread runtime (they make one request at a
+/// time).
+fn run_cluster(command: Command) -> anyhow::Result<ExitCode> {
+    if let Command::Install { dry_run: true, set } = &command {
+        let objects = render::render(&render::Values::from_sets(set)?)?;
+        print!("{}", render::to_yaml(&objects));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = cluster::client().await?;
+        let namespace =
+            |ns: Option<String>| ns.unwrap_or_else(|| client.default_namespace().into());
+        let out = match command {
+            Command::Install { set, .. } => {
+                let objects = render::render(&render::Values::from_sets(&set)?)?;
+                let mut out = cluster::install::install(client.clone(), &objects).await?;
+                out += "installed; `ambit check --kubernetes` shows when every node is ready\n";
+                out
+            }
+            Command::Uninstall { crds, timeout } => {
+                let objects = render::render(&render::Values::default())?;
+                let options = cluster::install::Uninstall {
+                    crds,
+                    wait: timeout,
+                    poll: Duration::from_secs(1),
+                };
+                cluster::install::uninstall(client.clone(), &objects, &options).await?
+            }
+            Command::Waypoint(WaypointCommand::Apply {
+                namespace: ns,
+                name,
+                traffic,
+                enroll_namespace,
+            }) => {
+                let ns = namespace(ns);
+                waypoint::apply(client.clone(), &ns, &name, traffic, enroll_namespace).await?
+            }
+            Command::Waypoint(WaypointCommand::List {
+                namespace: ns,
+                all_namespaces,
+            }) => {
+                let ns = (!all_namespaces).then(|| namespace(ns));
+                waypoint::list(client.clone(), ns.as_deref()).await?
+            }
+            Command::Waypoint(WaypointCommand::Delete {
+                namespace: ns,
+                name,
+            }) => {
+                let ns = namespace(ns);
+                waypoint::delete(client.clone(), &ns, &name).await?
+            }
+            Command::Check { .. } => {
+                let checks = cluster::check::run(client.clone()).await?;
+                let (report, ok) = cmd::check::report_with(
+                    &checks,
+                    "Ambit is installed and running on every node.",
+                );
+                print!("{report}");
+                return Ok(exit(ok));
+            }
+            _ => unreachable!("only cluster commands come here"),
+        };
+        print!("{out}");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run_app(app: App) -> anyhow::Result<ExitCode> {

@@ -1,4 +1,5 @@
-//! `ambit check`: the lab's prerequisites, each with how to fix it.
+//! `ambit check`: the lab's prerequisites, each with how to fix it. Against a cluster, the
+//! checks come from `crate::cluster::check` and are reported the same way.
 
 use std::path::Path;
 
@@ -91,8 +92,16 @@ fn probe_kernel() -> Check {
     }
 }
 
-/// The report; `true` when everything passed.
+/// The lab's report; `true` when everything passed.
 pub fn report(checks: &[Check]) -> (String, bool) {
+    report_with(
+        checks,
+        "Everything the lab needs is here: `ambit lab up` or `ambit demo`.",
+    )
+}
+
+/// The report, ending with `all_ok` when everything passed; `true` when everything passed.
+pub fn report_with(checks: &[Check], all_ok: &str) -> (String, bool) {
     let mut out = String::new();
     for c in checks {
         if c.ok {
@@ -102,10 +111,10 @@ pub fn report(checks: &[Check]) -> (String, bool) {
         }
     }
     let all = checks.iter().all(|c| c.ok);
-    out += if all {
-        "\nEverything the lab needs is here: `ambit lab up` or `ambit demo`.\n"
+    out += &if all {
+        format!("\n{all_ok}\n")
     } else {
-        "\nFix the failures above, then run `ambit check` again.\n"
+        "\nFix the failures above, then run `ambit check` again.\n".to_string()
     };
     (out, all)
 }

@@ -1,0 +1,64 @@
+//! The `ambit` commands against a real cluster: `install`, `uninstall`, `waypoint`, and `check
+//! --kubernetes`. Each is an async function of a `kube::Client`, so tests drive them against a
+//! scripted API server and see every request they make.
+//!
+//! - [`render`]: the manifests of `deploy/base`, embedded in the binary, with `--set` values;
+//! - [`resources`]: which API path each kind the commands write lives at;
+//! - [`install`]: server-side apply in order, and uninstall in reverse;
+//! - [`waypoint`]: the waypoint `Gateway` of a namespace, as `istioctl waypoint` makes it;
+//! - [`check`]: is the cluster ready for Ambit, and is Ambit running on every node.
+//!
+//! Nothing here touches the local lab (`crate::lab`).
+
+pub mod check;
+pub mod install;
+pub mod render;
+pub mod resources;
+pub mod waypoint;
+
+/// The namespace everything Ambit runs in (the controller's identity depends on it).
+pub const NAMESPACE: &str = "ambit-system";
+/// Field manager for server-side apply: the owner of every field the commands set.
+pub const FIELD_MANAGER: &str = "ambit";
+/// The label on every object `deploy/base` holds; a CRD without it is someone else's.
+pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "ambit");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("connecting to the cluster: {0} (set KUBECONFIG, or run inside a pod)")]
+    Connect(String),
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        source: Box<kube::Error>,
+    },
+    #[error("{0}")]
+    Render(#[from] render::RenderError),
+    #[error("{0}")]
+    Resource(#[from] resources::UnknownKind),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{what}: still there after {seconds}s")]
+    Timeout { what: String, seconds: u64 },
+}
+
+impl ClusterError {
+    pub(crate) fn api(what: impl Into<String>, source: kube::Error) -> Self {
+        ClusterError::Api {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// A client from KUBECONFIG, `~/.kube/config` or the pod's service account.
+pub async fn client() -> Result<kube::Client, ClusterError> {
+    kube::Client::try_default()
+        .await
+        .map_err(|e| ClusterError::Connect(e.to_string()))
+}
+
+/// True when the API server answered 404 Not Found.
+pub(crate) fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
