@@ -86,7 +86,7 @@ enum Command {
         /// Print the manifests instead of applying them.
         #[arg(long)]
         dry_run: bool,
-        /// key=value, repeatable; `--set help=` lists the keys.
+        /// key=value, repeatable (deploy/README.md lists the keys; an unknown key lists them too).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },

@@ -190,6 +190,10 @@ fn values_reach_the_objects_they_name() {
         containers(agents)["image"],
         "ghcr.io/ambit-mesh/ambit-ztunnel:v9"
     );
+    assert_eq!(
+        env(controller, "AMBIT_WAYPOINT_IMAGE").unwrap(),
+        "ghcr.io/ambit-mesh/ambit-waypoint:v9"
+    );
     for workload in [controller, agents] {
         assert_eq!(
             env(workload, "AMBIT_TRUST_DOMAIN").unwrap(),

@@ -61,7 +61,8 @@ pub struct Values {
     pub trust_domain: String,
     /// `rootNamespace`: where mesh-wide policies live.
     pub root_namespace: String,
-    /// `hub` and `tag`: images are `<hub>/ambit-controller:<tag>` and `<hub>/ambit-ztunnel:<tag>`.
+    /// `hub` and `tag`: images are `<hub>/ambit-controller:<tag>`, `<hub>/ambit-ztunnel:<tag>`
+    /// and, for the waypoints the controller deploys, `<hub>/ambit-waypoint:<tag>`.
     pub hub: String,
     pub tag: String,
     /// `logLevel`: RUST_LOG of the controller and agents (`info`, `debug`, `ambit_ztunnel=debug`).
@@ -209,6 +210,8 @@ pub fn render(values: &Values) -> Result<Vec<Value>, RenderError> {
     container["image"] = json!(format!("{}/ambit-controller:{}", values.hub, values.tag));
     set_env(container, "AMBIT_TRUST_DOMAIN", &values.trust_domain);
     set_env(container, "AMBIT_ROOT_NAMESPACE", &values.root_namespace);
+    let waypoint_image = format!("{}/ambit-waypoint:{}", values.hub, values.tag);
+    set_env(container, "AMBIT_WAYPOINT_IMAGE", &waypoint_image);
     set_env(container, "RUST_LOG", &values.log_level);
     set_resources(container, values, "controller");
     if let Some(secret) = &values.ca_secret {
