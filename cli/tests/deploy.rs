@@ -389,3 +389,23 @@ fn every_image_target_builds_a_binary_of_the_workspace() {
         }
     }
 }
+
+/// The CRDs and the controller agree: what the schemas accept in the examples, the controller
+/// reads without error, and the policies the schemas reject, it rejects too.
+#[test]
+fn the_controller_reads_the_examples_as_the_crds_do() {
+    use ambit_controller::source::yaml::parse_file;
+    for file in yaml_files(&deploy().join("examples")) {
+        let parsed = parse_file(&file, &std::fs::read_to_string(&file).unwrap());
+        // (Kinds this controller build does not read yet are skipped by it, not errors.)
+        assert!(parsed.errors.is_empty(), "{:#?}", parsed.errors);
+    }
+    for file in yaml_files(&deploy().join("examples/invalid")) {
+        let name = file.file_name().unwrap().to_string_lossy();
+        if !(name.starts_with("authorization-policy") || name.starts_with("peer-authentication")) {
+            continue;
+        }
+        let parsed = parse_file(&file, &std::fs::read_to_string(&file).unwrap());
+        assert_eq!(parsed.errors.len(), 1, "{name}: {parsed:?}");
+    }
+}
