@@ -262,3 +262,55 @@ async fn bad_first_requests_are_refused_clearly() {
         assert!(status.message().contains(want), "{status}");
     }
 }
+
+#[tokio::test]
+async fn a_waypoint_is_sent_its_routes_and_their_changes() {
+    let waypoint = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop, labels: {istio.io/use-waypoint: wp}}\nspec: {clusterIP: 10.96.0.30, ports: [{port: 9080}]}\n---\n";
+    let route = |weight: u32| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: reviews, namespace: shop}}\n\
+             spec: {{parentRefs: [{{group: '', kind: Service, name: reviews}}], rules: [{{backendRefs: [{{name: reviews, port: 9080, weight: {weight}}}]}}]}}\n---\n"
+        )
+    };
+    let elsewhere = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: cart, namespace: shop}\nspec: {parentRefs: [{group: '', kind: Service, name: cart}], rules: [{backendRefs: [{name: cart, port: 80}]}]}\n---\n";
+    let mesh = Mesh::start(&[BASE, waypoint, &route(1), elsewhere].concat()).await;
+    let node = api::Node {
+        id: "waypoint~shop/wp".into(),
+        role: api::NodeRole::Waypoint as i32,
+        waypoint: "shop/wp".into(),
+        ..Default::default()
+    };
+    let all = vec![
+        type_url::WORKLOAD,
+        type_url::SERVICE,
+        type_url::AUTHORIZATION,
+        type_url::ROUTE,
+        type_url::BACKEND_POLICY,
+    ];
+    let mut wp = Client::connect_types(mesh.addr, node, HashMap::new(), all).await;
+    let first = wp.sync().await;
+    // Not the route of cart, which does not use this waypoint.
+    assert_eq!(names(&first[type_url::ROUTE]), ["shop/reviews"]);
+    assert!(first[type_url::BACKEND_POLICY].resources.is_empty());
+
+    // A changed weight: that route, nothing else.
+    mesh.publish(&[BASE, waypoint, &route(5), elsewhere].concat());
+    let r = wp.recv().await;
+    assert_eq!(r.type_url, type_url::ROUTE);
+    match &r.resources[0].kind {
+        Some(api::resource::Kind::Route(route)) => assert_eq!(route.rules[0].backends[0].weight, 5),
+        other => panic!("expected a route, got {other:?}"),
+    }
+    wp.ack(&r).await;
+
+    // A node agent asking for routes holds none.
+    let mut agent = Client::connect_types(
+        mesh.addr,
+        node_agent("node-1"),
+        HashMap::new(),
+        vec![type_url::ROUTE],
+    )
+    .await;
+    let got = agent.sync().await;
+    assert!(got[type_url::ROUTE].resources.is_empty());
+}

@@ -2,7 +2,8 @@
 //! the translator's snapshot equals `translate(state)`, and what it reports as changed is exactly
 //! what differs between the two full translations. Checked over a scripted sequence that touches
 //! every dependency (namespace labels, services, selector and root-namespace policies, peer
-//! authentication, waypoints across namespaces) and over a long seeded random one.
+//! authentication, waypoints across namespaces, routes and the faults they name, backend policies)
+//! and over a long seeded random one.
 
 mod translate_common;
 
@@ -32,7 +33,7 @@ fn key(kind: Kind, namespace: &str, name: &str) -> ObjectRef {
 }
 
 /// The names that differ between two snapshots, per type.
-fn differing(before: &Snapshot, after: &Snapshot) -> [BTreeSet<String>; 3] {
+fn differing(before: &Snapshot, after: &Snapshot) -> [BTreeSet<String>; 5] {
     fn names<T: PartialEq>(
         a: &std::collections::BTreeMap<String, T>,
         b: &std::collections::BTreeMap<String, T>,
@@ -47,14 +48,18 @@ fn differing(before: &Snapshot, after: &Snapshot) -> [BTreeSet<String>; 3] {
         names(&before.workloads, &after.workloads),
         names(&before.services, &after.services),
         names(&before.authorizations, &after.authorizations),
+        names(&before.routes, &after.routes),
+        names(&before.backend_policies, &after.backend_policies),
     ]
 }
 
-fn reported(changes: &Changes) -> [BTreeSet<String>; 3] {
+fn reported(changes: &Changes) -> [BTreeSet<String>; 5] {
     [
         changes.workloads.keys().cloned().collect(),
         changes.services.keys().cloned().collect(),
         changes.authorizations.keys().cloned().collect(),
+        changes.routes.keys().cloned().collect(),
+        changes.backend_policies.keys().cloned().collect(),
     ]
 }
 
@@ -102,6 +107,7 @@ impl Follower {
         );
         self.changed += changes.workloads.len() + changes.services.len();
         self.changed += changes.authorizations.len();
+        self.changed += changes.routes.len() + changes.backend_policies.len();
         self.translated = self.state.clone();
     }
 
@@ -142,6 +148,29 @@ fn peer_authentication(ns: &str, name: &str, selector: &str, mode: &str) -> Stri
     format!(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\n\
          spec: {{{selector}mtls: {{mode: {mode}}}}}\n"
+    )
+}
+
+fn http_route(ns: &str, name: &str, fault: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  parentRefs: [{{group: '', kind: Service, name: front}}]\n  rules:\n  \
+         - backendRefs: [{{name: front, port: 80}}]\n    \
+         filters: [{{type: ExtensionRef, extensionRef: {{group: ambit.dev, kind: HTTPFault, name: {fault}}}}}]\n"
+    )
+}
+
+fn http_fault(ns: &str, name: &str, status: u32) -> String {
+    format!(
+        "apiVersion: ambit.dev/v1alpha1\nkind: HTTPFault\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{abort: {{httpStatus: {status}, percentage: {{value: 10}}}}}}\n"
+    )
+}
+
+fn destination_rule(ns: &str, name: &str, host: &str, lb: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{host: {host}, trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}}}\n"
     )
 }
 
@@ -215,6 +244,23 @@ fn every_kind_of_change_matches_a_translation_from_scratch() {
     f.apply(&waypoint("shop", "wp2", "istio-waypoint", "service"));
     f.delete(key(Kind::Gateway, "infra", "wp"));
 
+    // Routes and the faults they name (created before and after the route), backend policies.
+    f.apply(&http_fault("shop", "flaky", 503));
+    f.apply(&http_route("shop", "front", "flaky"));
+    f.apply(&http_route("shop", "late", "not-yet"));
+    f.apply(&http_fault("shop", "not-yet", 500));
+    f.apply(&http_fault("shop", "flaky", 502));
+    f.delete(key(Kind::HttpFault, "shop", "flaky"));
+    f.apply(&destination_rule("shop", "front", "front", "RANDOM"));
+    f.apply(&destination_rule(
+        "shop",
+        "front",
+        "front.shop.svc.cluster.local",
+        "LEAST_REQUEST",
+    ));
+    f.delete(key(Kind::DestinationRule, "shop", "front"));
+    f.delete(key(Kind::HttpRoute, "shop", "late"));
+
     // Kinds translation does not read change nothing.
     f.apply("apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n");
     f.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: cart-sa, namespace: shop}\n");
@@ -239,7 +285,7 @@ fn a_long_random_sequence_matches_a_translation_from_scratch() {
         let ns = namespaces[rng.random_range(0..namespaces.len())];
         let app = apps[rng.random_range(0..apps.len())];
         let n = rng.random_range(0..4);
-        let yaml = match rng.random_range(0..9) {
+        let yaml = match rng.random_range(0..12) {
             0..=2 => {
                 let mode = [
                     "",
@@ -280,6 +326,13 @@ fn a_long_random_sequence_matches_a_translation_from_scratch() {
                 "ambit-waypoint",
                 ["service", "workload", "all", "none"][n],
             ),
+            8 => http_route(
+                ns,
+                &format!("r{n}"),
+                &format!("f{}", rng.random_range(0..2)),
+            ),
+            9 => http_fault(ns, &format!("f{}", n % 2), 500 + n as u32),
+            10 => destination_rule(ns, &format!("d{n}"), &format!("s{n}"), "RANDOM"),
             _ => {
                 // Delete something that may or may not exist.
                 let kinds = [
@@ -287,12 +340,16 @@ fn a_long_random_sequence_matches_a_translation_from_scratch() {
                     Kind::Service,
                     Kind::AuthorizationPolicy,
                     Kind::Gateway,
+                    Kind::HttpRoute,
+                    Kind::HttpFault,
                 ];
                 let kind = kinds[rng.random_range(0..kinds.len())];
                 let name = match kind {
                     Kind::Pod => format!("p{n}"),
                     Kind::Service => format!("s{n}"),
                     Kind::AuthorizationPolicy => format!("sel{n}"),
+                    Kind::HttpRoute => format!("r{n}"),
+                    Kind::HttpFault => format!("f{}", n % 2),
                     _ => "wp".to_string(),
                 };
                 f.state.remove(&key(kind, ns, &name));

@@ -9,6 +9,7 @@
 pub mod gateway;
 pub mod istio;
 mod state;
+pub mod traffic;
 
 pub use state::{Change, ClusterState};
 
@@ -32,6 +33,8 @@ pub type Gateway = Custom<gateway::GatewaySpec>;
 pub type HttpRoute = Custom<gateway::HttpRouteSpec>;
 pub type AuthorizationPolicy = Custom<istio::AuthorizationPolicySpec>;
 pub type PeerAuthentication = Custom<istio::PeerAuthenticationSpec>;
+pub type DestinationRule = Custom<traffic::DestinationRuleSpec>;
+pub type HttpFault = Custom<traffic::HttpFaultSpec>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -44,6 +47,8 @@ pub enum Kind {
     HttpRoute,
     AuthorizationPolicy,
     PeerAuthentication,
+    DestinationRule,
+    HttpFault,
 }
 
 impl Kind {
@@ -60,6 +65,8 @@ impl Kind {
             ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
             ("security.istio.io", "AuthorizationPolicy") => Kind::AuthorizationPolicy,
             ("security.istio.io", "PeerAuthentication") => Kind::PeerAuthentication,
+            ("networking.istio.io", "DestinationRule") => Kind::DestinationRule,
+            ("ambit.dev", "HTTPFault") => Kind::HttpFault,
             _ => return None,
         })
     }
@@ -79,6 +86,8 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::HttpFault => "HTTPFault",
         }
     }
 }
@@ -120,6 +129,8 @@ pub enum Object {
     HttpRoute(HttpRoute),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    DestinationRule(DestinationRule),
+    HttpFault(HttpFault),
 }
 
 impl Object {
@@ -134,6 +145,8 @@ impl Object {
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::HttpFault(_) => Kind::HttpFault,
         }
     }
 
@@ -148,6 +161,8 @@ impl Object {
             Object::HttpRoute(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
+            Object::HttpFault(o) => &o.metadata,
         }
     }
 
@@ -162,6 +177,8 @@ impl Object {
             Object::HttpRoute(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
+            Object::DestinationRule(o) => &mut o.metadata,
+            Object::HttpFault(o) => &mut o.metadata,
         }
     }
 

@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 
-use super::{AuthorizationPolicy, Gateway, Kind, Object, ObjectRef, PeerAuthentication};
+use super::{
+    AuthorizationPolicy, DestinationRule, Gateway, HttpFault, HttpRoute, Kind, Object, ObjectRef,
+    PeerAuthentication,
+};
 
 /// Every object the controller knows, by reference. The controller's whole input.
 #[derive(Debug, Clone, Default)]
@@ -227,6 +230,31 @@ impl ClusterState {
     }
 }
 
+impl ClusterState {
+    pub fn http_routes(&self) -> impl Iterator<Item = &HttpRoute> {
+        self.of_kind(Kind::HttpRoute).filter_map(as_http_route)
+    }
+
+    pub fn http_routes_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a HttpRoute> {
+        self.in_namespace(Kind::HttpRoute, namespace)
+            .filter_map(as_http_route)
+    }
+
+    pub fn http_fault(&self, namespace: &str, name: &str) -> Option<&HttpFault> {
+        self.get(&ObjectRef {
+            kind: Kind::HttpFault,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+        .and_then(as_http_fault)
+    }
+
+    pub fn destination_rules(&self) -> impl Iterator<Item = &DestinationRule> {
+        self.of_kind(Kind::DestinationRule)
+            .filter_map(as_destination_rule)
+    }
+}
+
 /// `fn $name(&Object) -> Option<&$ty>`: the object if it is a `$variant`.
 macro_rules! downcast {
     ($($name:ident: $variant:ident => $ty:ty),* $(,)?) => {$(
@@ -246,4 +274,7 @@ downcast! {
     as_gateway: Gateway => Gateway,
     as_authorization_policy: AuthorizationPolicy => AuthorizationPolicy,
     as_peer_authentication: PeerAuthentication => PeerAuthentication,
+    as_http_route: HttpRoute => HttpRoute,
+    as_http_fault: HttpFault => HttpFault,
+    as_destination_rule: DestinationRule => DestinationRule,
 }

@@ -11,8 +11,12 @@
 //! Authorizations are filtered: a node agent gets the mesh-wide policies, those of namespaces it
 //! runs workloads in, and the selector policies its workloads carry; a waypoint gets the policies
 //! that target it or a service it serves. A policy enforced elsewhere never reaches a client.
+//!
+//! Routes and backend policies go to waypoints only: the routes attached to the waypoint's
+//! Gateway or to a service it serves, and the backend policies of the services it serves or its
+//! routes send to.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ambit_proto::api::{self, type_url};
@@ -51,13 +55,12 @@ impl Interest {
         }
     }
 
-    /// The authorization names this client should hold in `generation`.
-    pub fn authorizations(&self, generation: &Generation) -> BTreeSet<String> {
-        let Some(policies) = generation.resources(type_url::AUTHORIZATION) else {
-            return BTreeSet::new();
-        };
-        match self {
-            Interest::NodeAgent { node } => {
+    /// The names of `type_url` this client should hold in `generation`; `None`: every resource
+    /// of the type (workloads and services).
+    pub fn names(&self, type_url: &str, generation: &Generation) -> Option<BTreeSet<String>> {
+        let of = |t: &str| generation.resources(t).into_iter().flat_map(|r| r.iter());
+        Some(match (self, type_url) {
+            (Interest::NodeAgent { node }, type_url::AUTHORIZATION) => {
                 // Only this node's workloads (a few hundred), never the mesh's.
                 let local: Vec<&api::Workload> = generation.workloads_on(node).collect();
                 let namespaces: BTreeSet<&str> =
@@ -66,8 +69,7 @@ impl Interest {
                     .iter()
                     .flat_map(|w| w.authorization_policies.iter().map(String::as_str))
                     .collect();
-                policies
-                    .iter()
+                of(type_url::AUTHORIZATION)
                     .filter(|(name, r)| {
                         r.authorization()
                             .is_some_and(|a| match api::Scope::try_from(a.scope) {
@@ -82,19 +84,18 @@ impl Interest {
                     .map(|(name, _)| name.to_string())
                     .collect()
             }
-            Interest::Waypoint { namespace, name } => {
+            // Node agents do not proxy HTTP.
+            (Interest::NodeAgent { .. }, type_url::ROUTE | type_url::BACKEND_POLICY) => {
+                BTreeSet::new()
+            }
+            (Interest::Waypoint { namespace, name }, type_url::AUTHORIZATION) => {
                 let gateway = format!("Gateway/{namespace}/{name}");
-                let host_prefix = format!("{name}.{namespace}.svc.");
-                let served: BTreeSet<String> = generation
-                    .resources(type_url::SERVICE)
+                let served: BTreeSet<String> = self
+                    .served(generation)
                     .into_iter()
-                    .flat_map(|s| s.values())
-                    .filter_map(|r| r.service())
-                    .filter(|s| waypoint_host(s).is_some_and(|h| h.starts_with(&host_prefix)))
-                    .map(|s| format!("Service/{}/{}", s.namespace, s.name))
+                    .map(|(ns, name)| format!("Service/{ns}/{name}"))
                     .collect();
-                policies
-                    .iter()
+                of(type_url::AUTHORIZATION)
                     .filter(|(_, r)| {
                         r.authorization().is_some_and(|a| {
                             a.scope == api::Scope::Waypoint as i32
@@ -106,14 +107,100 @@ impl Interest {
                     .map(|(name, _)| name.to_string())
                     .collect()
             }
-        }
+            (Interest::Waypoint { .. }, type_url::ROUTE) => self
+                .routes(generation)
+                .map(|(name, _)| name.to_string())
+                .collect(),
+            (Interest::Waypoint { .. }, type_url::BACKEND_POLICY) => {
+                // The services it serves and every service its routes send to or mirror to.
+                let mut services: BTreeSet<(String, String)> = self
+                    .served(generation)
+                    .into_iter()
+                    .filter_map(|(ns, name)| {
+                        let svc = of(type_url::SERVICE)
+                            .filter_map(|(_, r)| r.service())
+                            .find(|s| s.namespace == ns && s.name == name)?;
+                        Some((ns, svc.hostname.clone()))
+                    })
+                    .collect();
+                for (_, route) in self.routes(generation) {
+                    for rule in &route.rules {
+                        let mirrors = rule.filters.iter().filter_map(|f| match &f.kind {
+                            Some(api::filter::Kind::RequestMirror(m)) => m.backend.as_ref(),
+                            _ => None,
+                        });
+                        for b in rule.backends.iter().chain(mirrors) {
+                            services.insert((b.namespace.clone(), b.hostname.clone()));
+                        }
+                    }
+                }
+                of(type_url::BACKEND_POLICY)
+                    .filter(|(_, r)| {
+                        r.backend_policy().is_some_and(|p| {
+                            services.contains(&(
+                                p.service_namespace.clone(),
+                                p.service_hostname.clone(),
+                            ))
+                        })
+                    })
+                    .map(|(name, _)| name.to_string())
+                    .collect()
+            }
+            _ => return None,
+        })
+    }
+
+    /// The services (namespace, name) whose traffic goes through this waypoint.
+    fn served(&self, generation: &Generation) -> BTreeSet<(String, String)> {
+        let Interest::Waypoint { namespace, name } = self else {
+            return BTreeSet::new();
+        };
+        let host_prefix = format!("{name}.{namespace}.svc.");
+        generation
+            .resources(type_url::SERVICE)
+            .into_iter()
+            .flat_map(|s| s.values())
+            .filter_map(|r| r.service())
+            .filter(|s| waypoint_host(s).is_some_and(|h| h.starts_with(&host_prefix)))
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+            .collect()
+    }
+
+    /// The routes this waypoint serves: attached to its Gateway or to a service it serves.
+    fn routes<'g>(
+        &self,
+        generation: &'g Generation,
+    ) -> impl Iterator<Item = (&'g str, &'g api::Route)> + 'g {
+        let (gateway, served) = match self {
+            Interest::Waypoint { namespace, name } => (
+                Some((namespace.clone(), name.clone())),
+                self.served(generation),
+            ),
+            Interest::NodeAgent { .. } => (None, BTreeSet::new()),
+        };
+        generation
+            .resources(type_url::ROUTE)
+            .into_iter()
+            .flat_map(|r| r.iter())
+            .filter_map(|(name, r)| Some((&**name, r.route()?)))
+            .filter(move |(_, route)| {
+                gateway.is_some()
+                    && route.parents.iter().any(|p| {
+                        let key = (p.namespace.clone(), p.name.clone());
+                        match p.kind.as_str() {
+                            "Gateway" => gateway.as_ref() == Some(&key),
+                            "Service" => served.contains(&key),
+                            _ => false,
+                        }
+                    })
+            })
     }
 }
 
-/// A client's last authorization filter and what it was computed from.
+/// A client's last filter per type and what it was computed from.
 #[derive(Debug, Default)]
 pub struct AllowedCache {
-    cached: Option<Cached>,
+    cached: HashMap<&'static str, Cached>,
 }
 
 #[derive(Debug)]
@@ -124,49 +211,80 @@ struct Cached {
 }
 
 impl Interest {
-    /// [`Interest::authorizations`], recomputed only when its inputs changed: for a node agent,
-    /// its node's workloads or any authorization; for a waypoint, any service or authorization.
-    /// Unchanged, the same `Arc` comes back, which lets the subscription diff only what changed
-    /// (at 50 clients, recomputing and fully diffing 500 policies per client and push was most
-    /// of a push's cost).
-    pub fn allowed(&self, generation: &Generation, cache: &mut AllowedCache) -> Allowed {
+    /// The types whose changes can change this client's filter for `type_url` (besides, for a
+    /// node agent's policies, its node's workloads).
+    fn inputs(&self, type_url: &str) -> &'static [&'static str] {
+        match (self, type_url) {
+            (Interest::NodeAgent { .. }, type_url::AUTHORIZATION) => &[type_url::AUTHORIZATION],
+            (Interest::NodeAgent { .. }, _) => &[],
+            (Interest::Waypoint { .. }, type_url::AUTHORIZATION) => {
+                &[type_url::SERVICE, type_url::AUTHORIZATION]
+            }
+            (Interest::Waypoint { .. }, type_url::ROUTE) => &[type_url::SERVICE, type_url::ROUTE],
+            (Interest::Waypoint { .. }, _) => {
+                &[type_url::SERVICE, type_url::ROUTE, type_url::BACKEND_POLICY]
+            }
+        }
+    }
+
+    /// [`Interest::names`], recomputed only when its inputs changed. Unchanged, the same `Arc`
+    /// comes back, which lets the subscription diff only what changed (at 50 clients,
+    /// recomputing and fully diffing 500 policies per client and push was most of a push's
+    /// cost). `None`: the type is not filtered.
+    pub fn allowed(
+        &self,
+        type_url: &'static str,
+        generation: &Generation,
+        cache: &mut AllowedCache,
+    ) -> Option<Allowed> {
+        if !matches!(
+            type_url,
+            type_url::AUTHORIZATION | type_url::ROUTE | type_url::BACKEND_POLICY
+        ) {
+            return None;
+        }
         let node = match self {
-            Interest::NodeAgent { node } => generation.node_workloads(node).cloned(),
-            Interest::Waypoint { .. } => None,
+            Interest::NodeAgent { node } if type_url == type_url::AUTHORIZATION => {
+                generation.node_workloads(node).cloned()
+            }
+            _ => None,
         };
-        let unchanged = |since: u64, type_url: &str| {
+        let unchanged = |since: u64, t: &str| {
             generation
-                .changed_since(since, type_url)
+                .changed_since(since, t)
                 .is_some_and(|names| names.is_empty())
         };
-        if let Some(c) = &mut cache.cached {
+        if let Some(c) = cache.cached.get_mut(type_url) {
             let same_node = match (&c.node, &node) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 (None, None) => true,
                 _ => false,
             };
-            let inputs_same = match self {
-                Interest::NodeAgent { .. } => same_node,
-                Interest::Waypoint { .. } => unchanged(c.generation, type_url::SERVICE),
-            };
-            if inputs_same && unchanged(c.generation, type_url::AUTHORIZATION) {
+            if same_node
+                && self
+                    .inputs(type_url)
+                    .iter()
+                    .all(|t| unchanged(c.generation, t))
+            {
                 c.generation = generation.number;
-                c.node = node;
-                return c.allowed.clone();
+                return Some(c.allowed.clone());
             }
         }
-        let fresh = self.authorizations(generation);
+        let fresh = self.names(type_url, generation).unwrap_or_default();
         // The same names under a new pointer would cost the subscription a full diff.
-        let allowed = match cache.cached.take() {
+        let allowed = match cache.cached.remove(type_url) {
             Some(c) if *c.allowed == fresh => c.allowed,
             _ => Arc::new(fresh),
         };
-        cache.cached = Some(Cached {
-            generation: generation.number,
-            node,
-            allowed: allowed.clone(),
-        });
-        allowed
+        cache.cached.insert(
+            type_url,
+            Cached {
+                generation: generation.number,
+                node,
+                allowed: allowed.clone(),
+            },
+        );
+        Some(allowed)
     }
 }
 

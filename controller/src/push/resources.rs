@@ -22,10 +22,12 @@ use sha2::{Digest, Sha256};
 
 use crate::translate::{Changes, Snapshot};
 
-pub const TYPES: [&str; 3] = [
+pub const TYPES: [&str; 5] = [
     type_url::WORKLOAD,
     type_url::SERVICE,
     type_url::AUTHORIZATION,
+    type_url::ROUTE,
+    type_url::BACKEND_POLICY,
 ];
 
 /// How many generations of changed names are kept: a client at most this far behind is diffed on
@@ -68,6 +70,8 @@ pub enum Typed {
     Workload(Arc<api::Workload>),
     Service(Arc<api::Service>),
     Authorization(Arc<api::Authorization>),
+    Route(Arc<api::Route>),
+    BackendPolicy(Arc<api::BackendPolicy>),
 }
 
 /// One resource with its version and its encoding as an `ambit.v1.Resource`, made once and shared
@@ -87,6 +91,8 @@ impl Versioned {
             Typed::Workload(w) => (10, w.encode_to_vec()),
             Typed::Service(s) => (11, s.encode_to_vec()),
             Typed::Authorization(a) => (12, a.encode_to_vec()),
+            Typed::Route(r) => (13, r.encode_to_vec()),
+            Typed::BackendPolicy(b) => (14, b.encode_to_vec()),
         };
         let version = Version::of(&body);
         let version_text = version.to_string();
@@ -122,6 +128,20 @@ impl Versioned {
             _ => None,
         }
     }
+
+    pub fn route(&self) -> Option<&api::Route> {
+        match &self.typed {
+            Typed::Route(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn backend_policy(&self) -> Option<&api::BackendPolicy> {
+        match &self.typed {
+            Typed::BackendPolicy(b) => Some(b),
+            _ => None,
+        }
+    }
 }
 
 /// Writes a length-delimited protobuf field.
@@ -135,13 +155,13 @@ pub fn put_bytes(field: u32, bytes: &[u8], buf: &mut impl BufMut) {
 pub type Resources = BTreeMap<Arc<str>, Arc<Versioned>>;
 
 /// Names changed by one generation, per type (in [`TYPES`] order).
-type Changed = [BTreeSet<Arc<str>>; 3];
+type Changed = [BTreeSet<Arc<str>>; TYPES.len()];
 
 /// One published state of the mesh's config.
 #[derive(Debug)]
 pub struct Generation {
     pub number: u64,
-    by_type: [Resources; 3],
+    by_type: [Resources; TYPES.len()],
     /// Workload names by node, so per-node questions (which policies a node agent needs, which
     /// identities it may obtain) read one node's workloads, not the mesh's.
     by_node: HashMap<String, Arc<BTreeSet<Arc<str>>>>,
@@ -227,6 +247,18 @@ impl Generation {
             &mut changes.authorizations,
             |v| v.authorization(),
         );
+        diff_into(
+            &self.by_type[3],
+            &snapshot.routes,
+            &mut changes.routes,
+            |v| v.route(),
+        );
+        diff_into(
+            &self.by_type[4],
+            &snapshot.backend_policies,
+            &mut changes.backend_policies,
+            |v| v.backend_policy(),
+        );
         self.apply(&changes, since)
     }
 
@@ -261,6 +293,18 @@ impl Generation {
             &mut changed[2],
             &changes.authorizations,
             Typed::Authorization,
+        );
+        replace_all(
+            &mut by_type[3],
+            &mut changed[3],
+            &changes.routes,
+            Typed::Route,
+        );
+        replace_all(
+            &mut by_type[4],
+            &mut changed[4],
+            &changes.backend_policies,
+            Typed::BackendPolicy,
         );
         let number = self.number + 1;
         let mut recent = self.recent.clone();

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ambit_proto::api::{self, DeltaDiscoveryRequest, type_url};
+use ambit_proto::api::{self, DeltaDiscoveryRequest};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -178,7 +178,8 @@ struct ClientStream {
     node: api::Node,
     interest: Interest,
     subscriptions: Subscriptions,
-    /// The client's authorization filter, kept while its inputs are unchanged.
+    /// The client's filters (authorizations, routes, backend policies), kept while their inputs
+    /// are unchanged.
     allowed: AllowedCache,
     generations: watch::Receiver<Arc<Generation>>,
     metrics: PushMetrics,
@@ -285,8 +286,9 @@ impl ClientStream {
             if sub.in_flight.is_some() || sub.rejected == Some(generation.number) {
                 continue;
             }
-            let allowed = (type_url == type_url::AUTHORIZATION)
-                .then(|| self.interest.allowed(generation, &mut self.allowed));
+            let allowed = self
+                .interest
+                .allowed(type_url, generation, &mut self.allowed);
             let delta: Delta = sub.delta(generation, type_url, allowed.as_ref());
             if delta.is_empty() && !sub.owes_initial {
                 sub.caught_up(generation.number, allowed);

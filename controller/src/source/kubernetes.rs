@@ -35,7 +35,7 @@ use crate::model::{ClusterState, Kind, Object, ObjectRef};
 use crate::translate;
 
 /// Every kind the source watches. Readiness waits for all of them.
-pub const KINDS: [Kind; 9] = [
+pub const KINDS: [Kind; 11] = [
     Kind::Namespace,
     Kind::Node,
     Kind::Pod,
@@ -45,6 +45,8 @@ pub const KINDS: [Kind; 9] = [
     Kind::HttpRoute,
     Kind::AuthorizationPolicy,
     Kind::PeerAuthentication,
+    Kind::DestinationRule,
+    Kind::HttpFault,
 ];
 
 /// Upper bound on events folded into one publish, so a flood of events (a 10k-pod re-list) still
@@ -150,14 +152,22 @@ impl KubernetesSource {
             Kind::ServiceAccount => events(kind, Api::all(client), |s: ServiceAccount| {
                 Ok(Object::ServiceAccount(s))
             }),
-            Kind::Gateway => custom(kind, client, "gateway.networking.k8s.io", "gateways"),
-            Kind::HttpRoute => custom(kind, client, "gateway.networking.k8s.io", "httproutes"),
-            Kind::AuthorizationPolicy => {
-                custom(kind, client, "security.istio.io", "authorizationpolicies")
-            }
+            Kind::Gateway => custom(kind, client, "gateway.networking.k8s.io/v1", "gateways"),
+            Kind::HttpRoute => custom(kind, client, "gateway.networking.k8s.io/v1", "httproutes"),
+            Kind::AuthorizationPolicy => custom(
+                kind,
+                client,
+                "security.istio.io/v1",
+                "authorizationpolicies",
+            ),
             Kind::PeerAuthentication => {
-                custom(kind, client, "security.istio.io", "peerauthentications")
+                custom(kind, client, "security.istio.io/v1", "peerauthentications")
             }
+            // v1 since Istio 1.22; older clusters serve v1beta1 only.
+            Kind::DestinationRule => {
+                custom(kind, client, "networking.istio.io/v1", "destinationrules")
+            }
+            Kind::HttpFault => custom(kind, client, "ambit.dev/v1alpha1", "httpfaults"),
         }
     }
 }
@@ -190,13 +200,14 @@ enum Decoded {
     Rejected(ObjectRef),
 }
 
-/// A watch on a custom resource, decoded by the same code as the YAML source.
-fn custom(kind: Kind, client: Client, group: &str, plural: &str) -> KindEvents {
-    let version = "v1";
+/// A watch on a custom resource (`api_version` "<group>/<version>"), decoded by the same code as
+/// the YAML source.
+fn custom(kind: Kind, client: Client, api_version: &str, plural: &str) -> KindEvents {
+    let (group, version) = api_version.split_once('/').expect("group/version");
     let resource = ApiResource {
         group: group.into(),
         version: version.into(),
-        api_version: format!("{group}/{version}"),
+        api_version: api_version.into(),
         kind: kind.as_str().into(),
         plural: plural.into(),
     };

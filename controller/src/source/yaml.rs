@@ -152,5 +152,7 @@ pub fn object_from_value(kind: Kind, value: Value) -> Result<Object, (String, St
         Kind::HttpRoute => Object::HttpRoute(typed(value)?),
         Kind::AuthorizationPolicy => Object::AuthorizationPolicy(typed(value)?),
         Kind::PeerAuthentication => Object::PeerAuthentication(typed(value)?),
+        Kind::DestinationRule => Object::DestinationRule(typed(value)?),
+        Kind::HttpFault => Object::HttpFault(typed(value)?),
     })
 }

@@ -12,7 +12,9 @@
 //! | Namespace (labels) | the workloads and services of that namespace (capture, waypoint) |
 //! | PeerAuthentication | the workloads of its namespace (every workload for the root namespace) |
 //! | Gateway | every workload and service (`use-waypoint-namespace` can point anywhere) |
-//! | Node, ServiceAccount, HTTPRoute | nothing (translation does not read them) |
+//! | HTTPRoute, DestinationRule | that route, that backend policy |
+//! | HTTPFault | the routes of its namespace (rules name faults in their own namespace) |
+//! | Node, ServiceAccount | nothing (translation does not read them) |
 //!
 //! So one pod change costs one pod's translation; a service, policy or namespace change costs one
 //! namespace's pods (~100 at 10k pods / 100 namespaces); the rare mesh-wide changes (a gateway, a
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use ambit_proto::api;
 use k8s_openapi::api::core::v1::{Pod, Service};
 
-use super::{Settings, Snapshot, authorization, service, workload};
+use super::{Settings, Snapshot, authorization, backend, route, service, workload};
 use crate::model::{self, ClusterState, Kind, Object, ObjectRef};
 
 /// Resources that changed in one update: the new version, or `None` when removed.
@@ -37,11 +39,17 @@ pub struct Changes {
     pub workloads: BTreeMap<String, Option<Arc<api::Workload>>>,
     pub services: BTreeMap<String, Option<Arc<api::Service>>>,
     pub authorizations: BTreeMap<String, Option<Arc<api::Authorization>>>,
+    pub routes: BTreeMap<String, Option<Arc<api::Route>>>,
+    pub backend_policies: BTreeMap<String, Option<Arc<api::BackendPolicy>>>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.workloads.is_empty() && self.services.is_empty() && self.authorizations.is_empty()
+        self.workloads.is_empty()
+            && self.services.is_empty()
+            && self.authorizations.is_empty()
+            && self.routes.is_empty()
+            && self.backend_policies.is_empty()
     }
 }
 
@@ -59,7 +67,8 @@ struct Dirty {
     all_services: bool,
     pod_namespaces: BTreeSet<String>,
     service_namespaces: BTreeSet<String>,
-    /// Single objects: pods, services and policies (including deleted ones).
+    route_namespaces: BTreeSet<String>,
+    /// Single objects: pods, services, policies, routes (including deleted ones).
     objects: BTreeSet<ObjectRef>,
 }
 
@@ -97,7 +106,13 @@ impl Dirty {
                     dirty.all_pods = true;
                     dirty.all_services = true;
                 }
-                Kind::Node | Kind::ServiceAccount | Kind::HttpRoute => {}
+                Kind::HttpRoute | Kind::DestinationRule => {
+                    dirty.objects.insert(key.clone());
+                }
+                Kind::HttpFault => {
+                    dirty.route_namespaces.insert(key.namespace.clone());
+                }
+                Kind::Node | Kind::ServiceAccount => {}
             }
         }
         dirty
@@ -141,6 +156,12 @@ impl Translator {
         for policy in state.authorization_policies() {
             fresh.authorization(policy, ignored);
         }
+        for r in state.http_routes() {
+            fresh.route(state, r, ignored);
+        }
+        for rule in state.destination_rules() {
+            fresh.backend_policy(rule, ignored);
+        }
         let (held, fresh) = (&mut self.snapshot, fresh.snapshot);
         let mut changes = Changes::default();
         replace_all(&mut held.workloads, &mut changes.workloads, fresh.workloads);
@@ -149,6 +170,12 @@ impl Translator {
             &mut held.authorizations,
             &mut changes.authorizations,
             fresh.authorizations,
+        );
+        replace_all(&mut held.routes, &mut changes.routes, fresh.routes);
+        replace_all(
+            &mut held.backend_policies,
+            &mut changes.backend_policies,
+            fresh.backend_policies,
         );
         changes
     }
@@ -183,7 +210,29 @@ impl Translator {
                         None,
                     );
                 }
+                (Kind::HttpRoute, Some(Object::HttpRoute(r))) => self.route(state, r, &mut out),
+                (Kind::HttpRoute, _) => {
+                    let key = route::key(ns, name);
+                    set(&mut self.snapshot.routes, &mut out.routes, key, None);
+                }
+                (Kind::DestinationRule, Some(Object::DestinationRule(d))) => {
+                    self.backend_policy(d, &mut out)
+                }
+                (Kind::DestinationRule, _) => {
+                    let key = backend::key(ns, name);
+                    set(
+                        &mut self.snapshot.backend_policies,
+                        &mut out.backend_policies,
+                        key,
+                        None,
+                    );
+                }
                 _ => {}
+            }
+        }
+        for ns in &dirty.route_namespaces {
+            for r in state.http_routes_in(ns) {
+                self.route(state, r, &mut out);
             }
         }
         if dirty.all_pods {
@@ -238,21 +287,62 @@ impl Translator {
     fn authorization(&mut self, policy: &model::AuthorizationPolicy, out: &mut Changes) {
         let meta = &policy.metadata;
         let key = authorization::key(model::namespace(meta), model::name(meta));
-        let translated = match authorization::translate(policy, &self.settings) {
-            Ok(a) => Some(Arc::new(a)),
-            // Sources validate on the way in, so this is a last line of defence, not the
-            // reporting path.
-            Err(e) => {
-                tracing::warn!(policy = %key, "skipping invalid AuthorizationPolicy: {e}");
-                None
-            }
-        };
+        let translated = skip_invalid(
+            "AuthorizationPolicy",
+            &key,
+            authorization::translate(policy, &self.settings),
+        );
         set(
             &mut self.snapshot.authorizations,
             &mut out.authorizations,
             key,
             translated,
         );
+    }
+}
+
+impl Translator {
+    fn route(&mut self, state: &ClusterState, r: &model::HttpRoute, out: &mut Changes) {
+        let meta = &r.metadata;
+        let key = route::key(model::namespace(meta), model::name(meta));
+        let translated = skip_invalid(
+            "HTTPRoute",
+            &key,
+            route::translate(r, state, &self.settings),
+        );
+        set(&mut self.snapshot.routes, &mut out.routes, key, translated);
+    }
+
+    fn backend_policy(&mut self, rule: &model::DestinationRule, out: &mut Changes) {
+        let meta = &rule.metadata;
+        let key = backend::key(model::namespace(meta), model::name(meta));
+        let translated = skip_invalid(
+            "DestinationRule",
+            &key,
+            backend::translate(rule, &self.settings),
+        );
+        set(
+            &mut self.snapshot.backend_policies,
+            &mut out.backend_policies,
+            key,
+            translated,
+        );
+    }
+}
+
+/// Sources validate on the way in, so an error here is a last line of defence (or a setting
+/// validation could not know, such as the cluster domain), not the reporting path.
+fn skip_invalid<T>(
+    kind: &str,
+    key: &str,
+    translated: Result<T, super::ValidationError>,
+) -> Option<Arc<T>> {
+    match translated {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            tracing::warn!(object = %key, "skipping invalid {kind}: {e}");
+            None
+        }
     }
 }
 

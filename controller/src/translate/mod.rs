@@ -10,8 +10,10 @@
 //! objects it can affect, so one pod change costs one pod's translation, not 10k.
 
 pub mod authorization;
+pub mod backend;
 pub mod incremental;
 pub mod peer_auth;
+pub mod route;
 pub mod service;
 pub mod waypoint;
 pub mod workload;
@@ -61,6 +63,17 @@ impl ValidationError {
             reason: reason.into(),
         }
     }
+
+    /// The same error, its field seen from an enclosing object ("matches[0]" + "path.type").
+    pub fn under(mut self, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        self.field = if self.field.is_empty() {
+            prefix
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        self
+    }
 }
 
 /// Checks what a schema cannot: policy semantics. Sources call it on every object they accept.
@@ -78,6 +91,9 @@ pub fn validate(object: &Object) -> Result<(), ValidationError> {
             }
             Ok(())
         }
+        Object::HttpRoute(r) => route::validate(r),
+        Object::HttpFault(f) => route::fault(&f.spec).map(drop),
+        Object::DestinationRule(d) => backend::validate(d),
         Object::Gateway(gw) if waypoint::is_waypoint(gw) => match waypoint::waypoint_for(gw) {
             "service" | "workload" | "all" | "none" => Ok(()),
             other => Err(ValidationError::new(
@@ -99,6 +115,10 @@ pub struct Snapshot {
     pub services: BTreeMap<String, Arc<api::Service>>,
     /// By "<namespace>/<name>" ([`authorization::key`]).
     pub authorizations: BTreeMap<String, Arc<api::Authorization>>,
+    /// By "<namespace>/<name>" ([`route::key`]).
+    pub routes: BTreeMap<String, Arc<api::Route>>,
+    /// By "<namespace>/<name>" ([`backend::key`]).
+    pub backend_policies: BTreeMap<String, Arc<api::BackendPolicy>>,
 }
 
 /// Selector policies that may select a workload of `namespace`: its own namespace's and, as

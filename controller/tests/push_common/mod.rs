@@ -88,6 +88,8 @@ pub struct Client {
     pub rx: Streaming<DeltaDiscoveryResponse>,
     /// What this client holds, per type: name -> version.
     pub held: HashMap<String, HashMap<String, String>>,
+    /// The types subscribed to.
+    pub types: Vec<&'static str>,
 }
 
 pub fn node_agent(node: &str) -> api::Node {
@@ -100,23 +102,31 @@ pub fn node_agent(node: &str) -> api::Node {
 }
 
 impl Client {
+    /// Subscribes to what a node agent needs: workloads, services, authorizations.
     pub async fn connect(
         addr: SocketAddr,
         node: api::Node,
         initial: HashMap<String, HashMap<String, String>>,
     ) -> Client {
+        let types = vec![
+            type_url::WORKLOAD,
+            type_url::SERVICE,
+            type_url::AUTHORIZATION,
+        ];
+        Client::connect_types(addr, node, initial, types).await
+    }
+
+    pub async fn connect_types(
+        addr: SocketAddr,
+        node: api::Node,
+        initial: HashMap<String, HashMap<String, String>>,
+        types: Vec<&'static str>,
+    ) -> Client {
         let mut grpc = ConfigDiscoveryServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
         let (tx, rx) = mpsc::channel(16);
-        for (i, t) in [
-            type_url::WORKLOAD,
-            type_url::SERVICE,
-            type_url::AUTHORIZATION,
-        ]
-        .iter()
-        .enumerate()
-        {
+        for (i, t) in types.iter().enumerate() {
             tx.send(DeltaDiscoveryRequest {
                 node: (i == 0).then(|| node.clone()),
                 type_url: t.to_string(),
@@ -136,6 +146,7 @@ impl Client {
             tx,
             rx,
             held: initial,
+            types,
         }
     }
 
@@ -177,7 +188,7 @@ impl Client {
     /// Receives and ACKs one response per type.
     pub async fn sync(&mut self) -> HashMap<String, DeltaDiscoveryResponse> {
         let mut got = HashMap::new();
-        while got.len() < 3 {
+        while got.len() < self.types.len() {
             let r = self.recv().await;
             self.ack(&r).await;
             got.insert(r.type_url.clone(), r);
