@@ -226,6 +226,11 @@ pub fn render(values: &Values) -> Result<Vec<Value>, RenderError> {
         );
     }
 
+    if values.controller_replicas < 2 {
+        // With one replica, "keep one available" would block every node drain forever.
+        objects.retain(|o| o["kind"] != "PodDisruptionBudget");
+    }
+
     let agents = find(&mut objects, "DaemonSet", "ambit-ztunnel")?;
     let container = container_of(agents, "ztunnel")?;
     container["image"] = json!(format!("{}/ambit-ztunnel:{}", values.hub, values.tag));
@@ -312,6 +317,20 @@ mod tests {
         for bad in ["", "m", "1 Gi", "1GB", "lots", ".5x"] {
             assert!(!is_quantity(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_single_controller_has_no_disruption_budget() {
+        let pdbs = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            render(&Values::from_sets(&sets).unwrap())
+                .unwrap()
+                .iter()
+                .filter(|o| o["kind"] == "PodDisruptionBudget")
+                .count()
+        };
+        assert_eq!(pdbs(&[]), 1);
+        assert_eq!(pdbs(&["controller.replicas=1"]), 0);
     }
 
     #[test]
