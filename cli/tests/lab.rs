@@ -437,11 +437,9 @@ fn the_demo_passes() {
         stdout.contains("Every observation was as expected."),
         "{stdout}"
     );
-    // Until the lab deploys waypoints, their steps say so rather than pass.
-    assert!(
-        stdout.contains("Skipped: Waypoint: an HTTP canary split"),
-        "{stdout}"
-    );
+    // Every step ran, the waypoint's included.
+    assert!(!stdout.contains("Skipped"), "{stdout}");
+    assert!(stdout.contains("about 10% went to v2"), "{stdout}");
     assert!(lab.namespaces().is_empty(), "the demo left namespaces");
 }
 
