@@ -4,15 +4,19 @@
 //! - [`model`]: the objects themselves and the [`model::ClusterState`] they form;
 //! - [`translate`]: the pure function from that state to the mesh's resources;
 //! - [`push`]: the incremental config service that streams them to agents and waypoints;
-//! - [`ca`]: the mesh CA service, which signs only identities a caller may hold.
+//! - [`ca`]: the mesh CA service, which signs only identities a caller may hold;
+//! - [`reconcile`], [`leader`]: on Kubernetes, a running waypoint for every waypoint Gateway,
+//!   written by the one replica that holds the leader Lease.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod ca;
 pub mod config;
+pub mod leader;
 pub mod model;
 pub mod pipeline;
 pub mod push;
+pub mod reconcile;
 pub mod source;
 pub mod translate;

@@ -1,0 +1,379 @@
+//! Kubernetes mode: every waypoint Gateway (class `ambit-waypoint` or `istio-waypoint`) gets a
+//! running waypoint, and its status says how that went.
+//!
+//! This module owns the writes to the cluster: the objects of [`objects`], applied server-side
+//! under the field manager [`MANAGER`] (so reconciling again changes nothing and fields others
+//! own are left alone), the Gateway's status ([`status`]), and the deletion of objects whose
+//! Gateway is gone (the sweep: the garbage collector does it through the owner references, the
+//! sweep covers clusters where it is off). It runs only while this replica leads
+//! ([`crate::leader`]); it does not read the mesh's state or translate anything.
+//!
+//! kube-runtime's `Controller` drives it: a change of a Gateway, or of a Deployment it owns,
+//! reconciles that Gateway; errors retry with a per-Gateway exponential back-off.
+
+pub mod objects;
+pub mod status;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{oneshot, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::model::{self, Object};
+use crate::translate::{self, waypoint};
+use objects::{GatewayKey, MANAGED_BY, WaypointSettings};
+
+/// The field manager of every write, so the API server knows which fields are the controller's.
+pub const MANAGER: &str = "ambit-controller";
+/// The controller's Service, whose cluster IP waypoints dial unless told otherwise.
+pub const CONTROLLER_SERVICE: &str = "ambit-controller";
+/// A reconciled Gateway is looked at again this often even if nothing changed, so drift (an
+/// object edited or deleted by hand while the watch was down) is repaired.
+const RESYNC: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{action} {kind} {namespace}/{name}: {source}")]
+    Api {
+        action: &'static str,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        source: Box<kube::Error>,
+    },
+    /// Waypoints dial the controller by address; without `--waypoint-controller-addr` that is
+    /// the cluster IP of the controller's Service.
+    #[error("Service {namespace}/{CONTROLLER_SERVICE} has no cluster IP for waypoints to dial")]
+    NoControllerAddress { namespace: String },
+}
+
+/// Where waypoints reach the controller.
+#[derive(Debug, Clone)]
+pub enum ControllerAddress {
+    Fixed(SocketAddr),
+    /// The cluster IP of [`CONTROLLER_SERVICE`] in the controller's namespace, on this port.
+    ServiceIp(u16),
+}
+
+/// The reconciler's context: the client, the settings, and each Gateway's failure count (for
+/// the back-off).
+pub struct Reconciler {
+    client: Client,
+    settings: WaypointSettings,
+    controller: ControllerAddress,
+    sweep_interval: Duration,
+    failures: Mutex<HashMap<(String, String), u32>>,
+}
+
+pub fn gateway_resource() -> ApiResource {
+    ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: objects::GATEWAY_API_VERSION.into(),
+        kind: "Gateway".into(),
+        plural: "gateways".into(),
+    }
+}
+
+impl Reconciler {
+    pub fn new(client: Client, settings: WaypointSettings, controller: ControllerAddress) -> Self {
+        Reconciler {
+            client,
+            settings,
+            controller,
+            sweep_interval: Duration::from_secs(60),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// How often objects of vanished Gateways are looked for (tests shorten it).
+    pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// Reconciles while `leading` is true; stops when it turns false and starts again (with a
+    /// fresh list of the cluster) when it turns true again. Returns when `leading` is dropped.
+    pub async fn run(self, mut leading: watch::Receiver<bool>) {
+        let ctx = Arc::new(self);
+        loop {
+            if leading.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            info!("leading: reconciling waypoints");
+            // A oneshot rather than the watch itself: the shutdown trigger must be `Sync`.
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let mut until = leading.clone();
+            tokio::spawn(async move {
+                let _ = until.wait_for(|l| !*l).await;
+                let _ = stop_tx.send(());
+            });
+            let gateways = Api::<DynamicObject>::all_with(ctx.client.clone(), &gateway_resource());
+            let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+            let controller =
+                Controller::new_with(gateways, watcher::Config::default(), gateway_resource())
+                    .owns(
+                        Api::<Deployment>::all(ctx.client.clone()),
+                        watcher::Config::default().labels(&managed),
+                    )
+                    .graceful_shutdown_on(stop_rx.map(drop));
+            let sweeper = tokio::spawn(sweep_loop(ctx.clone()));
+            controller
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|outcome| async move {
+                    if let Err(e) = outcome {
+                        debug!("reconcile: {e}");
+                    }
+                })
+                .await;
+            sweeper.abort();
+            info!("stopped reconciling waypoints");
+        }
+    }
+
+    async fn controller_addr(&self) -> Result<SocketAddr, ReconcileError> {
+        let port = match &self.controller {
+            ControllerAddress::Fixed(addr) => return Ok(*addr),
+            ControllerAddress::ServiceIp(port) => *port,
+        };
+        let namespace = &self.settings.controller_namespace;
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let service = services
+            .get_opt(CONTROLLER_SERVICE)
+            .await
+            .map_err(|e| api_error("reading", "Service", namespace, CONTROLLER_SERVICE, e))?;
+        let ip = service
+            .and_then(|s| s.spec?.cluster_ip)
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        ip.map(|ip| SocketAddr::new(ip, port))
+            .ok_or_else(|| ReconcileError::NoControllerAddress {
+                namespace: namespace.clone(),
+            })
+    }
+
+    /// Server-side apply, forced: these fields are the controller's, whoever wrote them last.
+    async fn apply<K>(&self, object: &K) -> Result<K, ReconcileError>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let namespace = object.namespace().unwrap_or_default();
+        let name = object.name_any();
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        let params = PatchParams::apply(MANAGER).force();
+        api.patch(&name, &params, &Patch::Apply(object))
+            .await
+            .map_err(|e| api_error("applying", kind_of::<K>(), &namespace, &name, e))
+    }
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Deployment" => "Deployment",
+        "Service" => "Service",
+        "ServiceAccount" => "ServiceAccount",
+        "ConfigMap" => "ConfigMap",
+        _ => "object",
+    }
+}
+
+fn api_error(
+    action: &'static str,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+    source: kube::Error,
+) -> ReconcileError {
+    ReconcileError::Api {
+        action,
+        kind,
+        namespace: namespace.into(),
+        name: name.into(),
+        source: Box::new(source),
+    }
+}
+
+/// Whether the Gateway names a waypoint class, read from the raw object so a Gateway too broken
+/// to decode is still recognised as ours (and told so in its status).
+fn waypoint_class(gw: &DynamicObject) -> bool {
+    gw.data["spec"]["gatewayClassName"]
+        .as_str()
+        .is_some_and(|c| waypoint::WAYPOINT_CLASSES.contains(&c))
+}
+
+/// The Gateway decoded and checked as the sources do it; `Err` is the message for its status.
+fn validate(gw: &DynamicObject) -> Result<(), String> {
+    let value = serde_json::to_value(gw).map_err(|e| e.to_string())?;
+    let decoded: model::Gateway =
+        serde_json::from_value(value).map_err(|e| format!("the Gateway does not decode: {e}"))?;
+    translate::validate(&Object::Gateway(decoded).with_defaults())
+        .map_err(|e| format!("{}: {}", e.field, e.reason))
+}
+
+async fn reconcile(gw: Arc<DynamicObject>, ctx: Arc<Reconciler>) -> Result<Action, ReconcileError> {
+    let namespace = gw.namespace().unwrap_or_default();
+    let name = gw.name_any();
+    let span = info_span!("reconcile", gateway = %format!("{namespace}/{name}"));
+    let outcome = async {
+        if !waypoint_class(&gw) || gw.metadata.deletion_timestamp.is_some() {
+            // Not ours, or on its way out (the garbage collector follows).
+            return Ok(Action::await_change());
+        }
+        let key = GatewayKey {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: gw.uid().unwrap_or_default(),
+        };
+        let checked = validate(&gw);
+        let outcome = match &checked {
+            Err(message) => {
+                // The last good waypoint, if any, keeps running: the translation also keeps the
+                // last accepted version of an object edited into nonsense.
+                warn!(reason = %message, "invalid waypoint Gateway; not accepted");
+                Err(message.clone())
+            }
+            Ok(()) => Ok(deploy(&ctx, &key).await?),
+        };
+        let hostname = checked
+            .is_ok()
+            .then(|| key.service_hostname(&ctx.settings.cluster_domain));
+        write_status(&ctx, &gw, &outcome, hostname.as_deref()).await?;
+        Ok(Action::requeue(RESYNC))
+    }
+    .instrument(span)
+    .await;
+    if outcome.is_ok() {
+        ctx.failures.lock().unwrap().remove(&(namespace, name));
+    }
+    outcome
+}
+
+/// Applies the waypoint's objects; true if its Deployment has an available replica.
+async fn deploy(ctx: &Reconciler, key: &GatewayKey) -> Result<bool, ReconcileError> {
+    let controller = ctx.controller_addr().await?;
+    ctx.apply(&objects::service_account(key)).await?;
+    ctx.apply(&objects::root_config_map(key, &ctx.settings))
+        .await?;
+    let deployment = ctx
+        .apply(&objects::deployment(key, &ctx.settings, controller))
+        .await?;
+    ctx.apply(&objects::service(key)).await?;
+    Ok(objects::is_available(&deployment))
+}
+
+async fn write_status(
+    ctx: &Reconciler,
+    gw: &DynamicObject,
+    outcome: &Result<bool, String>,
+    hostname: Option<&str>,
+) -> Result<(), ReconcileError> {
+    let namespace = gw.namespace().unwrap_or_default();
+    let name = gw.name_any();
+    let current = serde_json::to_value(gw).unwrap_or_default();
+    let Some(body) = status::patch(&current, &status::conditions(outcome), hostname) else {
+        return Ok(());
+    };
+    let api =
+        Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &namespace, &gateway_resource());
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch_status(&name, &params, &Patch::Apply(&body))
+        .await
+        .map_err(|e| api_error("writing the status of", "Gateway", &namespace, &name, e))?;
+    Ok(())
+}
+
+/// Retries a failed Gateway after 1s, 2s, 4s ... up to 5 minutes.
+fn error_policy(gw: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Reconciler>) -> Action {
+    let key = (gw.namespace().unwrap_or_default(), gw.name_any());
+    let mut failures = ctx.failures.lock().unwrap();
+    let n = failures.entry(key.clone()).or_insert(0);
+    let delay = Duration::from_secs(1u64 << (*n).min(9)).min(MAX_BACKOFF);
+    *n += 1;
+    warn!(gateway = %format!("{}/{}", key.0, key.1), retry_in = ?delay, "reconcile failed: {error}");
+    Action::requeue(delay)
+}
+
+/// Every sweep interval: deletes what the reconciler made for Gateways that are gone or no
+/// longer waypoints. The Gateways are listed afresh each time rather than read from the
+/// controller's cache, so a cache not filled yet can never look like "every Gateway is gone".
+async fn sweep_loop(ctx: Arc<Reconciler>) {
+    let gateways = Api::<DynamicObject>::all_with(ctx.client.clone(), &gateway_resource());
+    loop {
+        match gateways.list(&ListParams::default()).await {
+            Ok(list) => {
+                let live: BTreeSet<(String, String)> = list
+                    .items
+                    .iter()
+                    .filter(|gw| waypoint_class(gw) && gw.metadata.deletion_timestamp.is_none())
+                    .map(|gw| (gw.namespace().unwrap_or_default(), gw.name_any()))
+                    .collect();
+                let swept = sweep::<Deployment>(&ctx, &live).await
+                    + sweep::<Service>(&ctx, &live).await
+                    + sweep::<ConfigMap>(&ctx, &live).await
+                    + sweep::<ServiceAccount>(&ctx, &live).await;
+                if swept > 0 {
+                    info!(objects = swept, "deleted the objects of removed waypoints");
+                }
+            }
+            Err(e) => warn!("listing Gateways for the sweep: {e}"),
+        }
+        tokio::time::sleep(ctx.sweep_interval).await;
+    }
+}
+
+/// Deletes the managed objects of kind `K` whose Gateway is not in `live`; how many.
+async fn sweep<K>(ctx: &Reconciler, live: &BTreeSet<(String, String)>) -> usize
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(ctx.client.clone());
+    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let listed = match api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(list) => list,
+        Err(e) => {
+            warn!(kind = kind_of::<K>(), "listing for the sweep: {e}");
+            return 0;
+        }
+    };
+    let mut deleted = 0;
+    for object in listed {
+        let namespace = object.namespace().unwrap_or_default();
+        let Some(gateway) = object.labels().get(waypoint::GATEWAY_NAME_LABEL) else {
+            continue;
+        };
+        if live.contains(&(namespace.clone(), gateway.clone())) {
+            continue;
+        }
+        let name = object.name_any();
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted += 1,
+            // The garbage collector was faster.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => warn!(kind = kind_of::<K>(), %namespace, %name, "sweep: deleting: {e}"),
+        }
+    }
+    deleted
+}
