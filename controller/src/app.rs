@@ -1,4 +1,5 @@
-//! Wiring: source -> pipeline -> gRPC (config + CA) and admin, and shutdown.
+//! Wiring: source -> pipeline -> gRPC (config + CA) and admin, and shutdown; on Kubernetes also
+//! the leader election and the waypoint reconciler it gates.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -8,8 +9,10 @@ use std::time::Duration;
 use ambit_proto::api::certificate_service_server::CertificateServiceServer;
 use ambit_proto::tls::authority::CertificateAuthority;
 use anyhow::Context;
+use kube::Api;
 use prometheus_client::registry::Registry;
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
@@ -17,9 +20,11 @@ use crate::ca::auth::{Authenticator, Caller, TokenFiles};
 use crate::ca::token_review::TokenReviewer;
 use crate::ca::{CaMetrics, CaService, secret, store};
 use crate::config::Config;
+use crate::leader::{self, LeaderMetrics};
 use crate::model::{self, ClusterState};
 use crate::pipeline;
 use crate::push::{ConfigServer, Generation, PushMetrics};
+use crate::reconcile::Reconciler;
 use crate::source::kubernetes::KubernetesSource;
 use crate::source::standalone::{self, Directory, LoadReport};
 use crate::translate::waypoint;
@@ -29,10 +34,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Shutdown has several listeners on Kubernetes (the gRPC server, the leader election).
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    let mut registry = Registry::with_prefix("ambit_controller");
     let (states_tx, states) = watch::channel(ClusterState::new());
     let (reports_tx, reports) = watch::channel(LoadReport::default());
     let (ready_tx, source_ready) = watch::channel(false);
-    let (authority, auth) = match &config.manifests {
+    let started = match &config.manifests {
         Some(dir) => {
             let source = Directory::new(dir);
             start_standalone(
@@ -44,8 +56,22 @@ pub async fn run(
             )?
         }
         // Validation guarantees --kubernetes here.
-        None => start_kubernetes(&config, (states_tx, states.clone()), ready_tx).await?,
+        None => {
+            start_kubernetes(
+                &config,
+                (states_tx, states.clone()),
+                ready_tx,
+                &mut registry,
+                stop.clone(),
+            )
+            .await?
+        }
     };
+    let Started {
+        authority,
+        auth,
+        leader,
+    } = started;
     let authority = Arc::new(authority);
 
     let (generations_tx, generations) = watch::channel(Arc::new(Generation::empty()));
@@ -56,7 +82,6 @@ pub async fn run(
         generations_tx,
     ));
 
-    let mut registry = Registry::with_prefix("ambit_controller");
     let config_server = ConfigServer::new(generations.clone(), PushMetrics::new(&mut registry));
     let ca = CaService::new(
         authority.clone(),
@@ -102,15 +127,29 @@ pub async fn run(
         .add_service(CertificateServiceServer::new(ca))
         .serve_with_incoming_shutdown(
             ambit_proto::grpc::incoming(listener, server_configs),
-            shutdown,
+            stopped(stop),
         )
         .await
         .context("gRPC server")?;
+    if let Some(leader) = leader {
+        // The leader releases its Lease on the same signal; wait for that (bounded by its own
+        // timeout) so the next leader need not wait out the lease.
+        let _ = leader.await;
+    }
     info!("controller stopped");
     Ok(())
 }
 
-type Started = (CertificateAuthority, Arc<dyn Authenticator>);
+struct Started {
+    authority: CertificateAuthority,
+    auth: Arc<dyn Authenticator>,
+    /// Kubernetes: the leader election, which ends after shutdown once its Lease is released.
+    leader: Option<JoinHandle<()>>,
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
 
 /// Standalone: watches the manifest directory; the CA lives in the data directory and callers
 /// authenticate with the token files written there. Ready once the manifests are loaded and every
@@ -145,16 +184,23 @@ fn start_standalone(
             }
         }
     });
-    Ok((authority, tokens))
+    Ok(Started {
+        authority,
+        auth: tokens,
+        leader: None,
+    })
 }
 
 /// Kubernetes: watches the API server; callers authenticate with their ServiceAccount tokens
 /// (TokenReview). A plug-in CA mounted into the CA directory is used as it is; otherwise the root
-/// is kept in a Secret, so restarts and replicas share it.
+/// is kept in a Secret, so restarts and replicas share it. Every replica serves config and
+/// certificates; only the one holding the leader Lease deploys waypoints (writes to the cluster).
 async fn start_kubernetes(
     config: &Config,
     (states_tx, states): (watch::Sender<ClusterState>, watch::Receiver<ClusterState>),
     ready_tx: watch::Sender<bool>,
+    registry: &mut Registry,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Started> {
     let source = KubernetesSource::try_default()
         .await
@@ -180,13 +226,30 @@ async fn start_kubernetes(
         .cloned()
         .collect();
     let node_agent = config.node_agent_account().map_err(anyhow::Error::msg)?;
-    let auth = TokenReviewer::new(client, node_agent, audiences, states);
+    let auth = TokenReviewer::new(client.clone(), node_agent, audiences, states);
     tokio::spawn(async move {
         if let Err(e) = source.run(states_tx, ready_tx).await {
             warn!("Kubernetes source stopped: {e}");
         }
     });
-    Ok((authority, Arc::new(auth)))
+
+    let election = config.leader().map_err(anyhow::Error::msg)?;
+    let (leading_tx, leading) = watch::channel(false);
+    let leases = Api::namespaced(client.clone(), &election.namespace);
+    let leader = tokio::spawn(leader::run(
+        leases,
+        election,
+        leading_tx,
+        LeaderMetrics::new(registry),
+        stopped(stop),
+    ));
+    let (settings, controller) = config.waypoints(authority.roots().to_pem().concat());
+    tokio::spawn(Reconciler::new(client, settings, controller).run(leading));
+    Ok(Started {
+        authority,
+        auth: Arc::new(auth),
+        leader: Some(leader),
+    })
 }
 
 /// The controller's own TLS certificate, re-issued at half its life so it never expires while

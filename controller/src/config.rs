@@ -10,6 +10,9 @@ use ambit_proto::Identity;
 use clap::Parser;
 
 use crate::ca::token_review::ServiceAccountName;
+use crate::leader::{LEASE_NAME, LeaderConfig};
+use crate::reconcile::ControllerAddress;
+use crate::reconcile::objects::WaypointSettings;
 use crate::translate::Settings;
 
 #[derive(Debug, Clone, Parser)]
@@ -76,7 +79,34 @@ pub struct Config {
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "AMBIT_RELOAD_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
     pub reload_interval: Duration,
+    /// Kubernetes: the image of the waypoints deployed for waypoint Gateways.
+    #[arg(long, env = "AMBIT_WAYPOINT_IMAGE", default_value = DEFAULT_WAYPOINT_IMAGE)]
+    pub waypoint_image: String,
+    /// Kubernetes: where waypoints dial the controller (they take an address, not a name).
+    /// Default: the cluster IP of the Service `ambit-controller` in --controller-namespace, on
+    /// the port of --grpc-addr.
+    #[arg(long, env = "AMBIT_WAYPOINT_CONTROLLER_ADDR")]
+    pub waypoint_controller_addr: Option<SocketAddr>,
+    /// Kubernetes: this replica's name in the leader Lease. Default: the host name, which is the
+    /// pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Kubernetes: how long the leader's claim lasts without renewal (client-go's default).
+    #[arg(long, env = "AMBIT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Kubernetes: a leader that has not renewed for this long stops reconciling; shorter than
+    /// --lease-duration, so it stops before another replica may take over.
+    #[arg(long, env = "AMBIT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+    /// Kubernetes: the pause between attempts to acquire or renew the leader Lease.
+    #[arg(long, env = "AMBIT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
 }
+
+pub const DEFAULT_WAYPOINT_IMAGE: &str = concat!(
+    "ghcr.io/ambit-mesh/ambit-waypoint:",
+    env!("CARGO_PKG_VERSION")
+);
 
 pub use ambit_proto::settings::parse_duration;
 
@@ -119,11 +149,81 @@ impl Config {
         if self.grpc_addr == self.admin_addr {
             errors.push("--grpc-addr and --admin-addr must differ".into());
         }
+        if self.kubernetes {
+            self.validate_kubernetes(&mut errors);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
         }
+    }
+
+    /// The waypoint and leader-election settings, which only Kubernetes mode uses.
+    fn validate_kubernetes(&self, errors: &mut Vec<String>) {
+        if self.waypoint_image.trim().is_empty() {
+            errors.push("--waypoint-image must not be empty".into());
+        }
+        if let Err(e) = self.leader_identity() {
+            errors.push(e);
+        }
+        // client-go's rules: whole seconds on the Lease, the leader gives up before the lease
+        // runs out for the others, and a renewal has time for a retry (its jitter is 1.2x).
+        if self.lease_duration < Duration::from_secs(1) {
+            errors.push("--lease-duration must be at least 1s".into());
+        }
+        if self.renew_deadline >= self.lease_duration {
+            errors.push("--renew-deadline must be shorter than --lease-duration".into());
+        }
+        if self.retry_period.is_zero() || self.retry_period.mul_f64(1.2) >= self.renew_deadline {
+            errors
+                .push("--retry-period must be more than 0 and under --renew-deadline / 1.2".into());
+        }
+    }
+
+    /// This replica's name in the leader Lease: --pod-name (POD_NAME), else the host name.
+    pub fn leader_identity(&self) -> Result<String, String> {
+        let hostname = || {
+            std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        };
+        self.pod_name
+            .clone()
+            .or_else(hostname)
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| "--pod-name: not set, and no host name to use instead".into())
+    }
+
+    /// Leader election over the Lease [`LEASE_NAME`] in the controller's namespace.
+    pub fn leader(&self) -> Result<LeaderConfig, String> {
+        Ok(LeaderConfig {
+            namespace: self.controller_namespace.clone(),
+            lease_name: LEASE_NAME.into(),
+            identity: self.leader_identity()?,
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+        })
+    }
+
+    /// How waypoints are deployed; `root_cert_pem` is the mesh root they check the controller's
+    /// certificate against.
+    pub fn waypoints(&self, root_cert_pem: String) -> (WaypointSettings, ControllerAddress) {
+        let settings = WaypointSettings {
+            image: self.waypoint_image.clone(),
+            trust_domain: self.trust_domain.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+            controller_namespace: self.controller_namespace.clone(),
+            token_audience: self.token_audiences.iter().find(|a| !a.is_empty()).cloned(),
+            root_cert_pem,
+        };
+        let address = match self.waypoint_controller_addr {
+            Some(addr) => ControllerAddress::Fixed(addr),
+            None => ControllerAddress::ServiceIp(self.grpc_addr.port()),
+        };
+        (settings, address)
     }
 
     pub fn controller_identity(&self) -> Result<Identity, ambit_proto::identity::IdentityError> {
@@ -216,5 +316,67 @@ mod tests {
             agents.username(),
             "system:serviceaccount:ambit-system:ambit-ztunnel"
         );
+    }
+
+    #[test]
+    fn leader_election_timings_follow_client_go_rules() {
+        let good = parse(&["--kubernetes", "--pod-name", "ambit-controller-0"]);
+        assert_eq!(good.validate(), Ok(()));
+        let leader = good.leader().unwrap();
+        assert_eq!(leader.identity, "ambit-controller-0");
+        assert_eq!(
+            (
+                leader.lease_duration,
+                leader.renew_deadline,
+                leader.retry_period
+            ),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2)
+            )
+        );
+        let bad = parse(&[
+            "--kubernetes",
+            "--pod-name",
+            "ambit-controller-0",
+            "--lease-duration",
+            "500ms",
+            "--renew-deadline",
+            "1s",
+            "--retry-period",
+            "1s",
+            "--waypoint-image",
+            " ",
+        ]);
+        let errors = bad.validate().unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        // Standalone mode does not elect a leader: its timings are not checked.
+        let dir = tempfile::tempdir().unwrap();
+        let standalone = parse(&[
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--renew-deadline",
+            "1h",
+        ]);
+        assert_eq!(standalone.validate(), Ok(()));
+    }
+
+    #[test]
+    fn waypoints_dial_a_fixed_address_or_the_controller_service() {
+        let config = parse(&["--kubernetes", "--token-audiences", ",ambit"]);
+        let (settings, address) = config.waypoints("PEM".into());
+        assert_eq!(settings.token_audience.as_deref(), Some("ambit"));
+        assert!(settings.image.ends_with(env!("CARGO_PKG_VERSION")));
+        assert!(matches!(address, ControllerAddress::ServiceIp(15012)));
+        let fixed = parse(&[
+            "--kubernetes",
+            "--waypoint-controller-addr",
+            "10.0.0.9:15012",
+        ]);
+        assert!(matches!(
+            fixed.waypoints(String::new()).1,
+            ControllerAddress::Fixed(a) if a.to_string() == "10.0.0.9:15012"
+        ));
     }
 }
