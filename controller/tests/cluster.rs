@@ -7,23 +7,29 @@
 //! ```
 //!
 //! Each test works in a namespace of its own (`ambit-test-<random>`), deleted afterwards, pass or
-//! fail. The AuthorizationPolicy CRD is installed (a schema-less one) only if the cluster lacks
-//! it, and then removed again. The pod runs `registry.k8s.io/pause`, so the nodes must be able to
-//! pull it.
+//! fail. The AuthorizationPolicy and Gateway CRDs are installed (schema-less ones) only if the
+//! cluster lacks them, and then removed again. The pod runs `registry.k8s.io/pause`, so the nodes
+//! must be able to pull it. The waypoint test checks what the reconciler creates and the
+//! Gateway's `Accepted` status, not that the waypoint image runs.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_controller::leader::{self, LeaderConfig, LeaderMetrics};
 use ambit_controller::model::ClusterState;
 use ambit_controller::pipeline;
 use ambit_controller::push::Generation;
 use ambit_controller::push::resources::Versioned;
+use ambit_controller::reconcile::objects::WaypointSettings;
+use ambit_controller::reconcile::{self, ControllerAddress, Reconciler};
 use ambit_controller::source::kubernetes::KubernetesSource;
 use ambit_controller::translate::Settings;
 use ambit_proto::api::{self, type_url};
 use futures::FutureExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -34,44 +40,70 @@ use tokio::sync::watch;
 
 /// Generous: the first pod on a node may wait for an image pull.
 const PATIENCE: Duration = Duration::from_secs(180);
-const POLICY_CRD: &str = "authorizationpolicies.security.istio.io";
 
 fn from_json<T: DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("a valid object")
 }
 
-/// Creates the AuthorizationPolicy CRD if the cluster lacks it; true if it did.
-async fn ensure_policy_crd(client: &kube::Client) -> bool {
+/// A custom resource the tests need; installed schema-less if the cluster lacks it.
+struct Crd {
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    /// Whether writes to `status` go through the status subresource, as Gateway API's do.
+    status: bool,
+}
+
+const CRDS: [Crd; 2] = [
+    Crd {
+        group: "security.istio.io",
+        plural: "authorizationpolicies",
+        singular: "authorizationpolicy",
+        kind: "AuthorizationPolicy",
+        status: false,
+    },
+    Crd {
+        group: "gateway.networking.k8s.io",
+        plural: "gateways",
+        singular: "gateway",
+        kind: "Gateway",
+        status: true,
+    },
+];
+
+/// Creates the CRD if the cluster lacks it; its name if it did.
+async fn ensure_crd(client: &kube::Client, crd: &Crd) -> Option<String> {
+    let name = format!("{}.{}", crd.plural, crd.group);
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    if crds
-        .get_opt(POLICY_CRD)
-        .await
-        .expect("reading CRDs")
-        .is_some()
-    {
-        return false;
+    if crds.get_opt(&name).await.expect("reading CRDs").is_some() {
+        return None;
     }
     let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
-    let crd = json!({
+    let mut version = json!({"name": "v1", "served": true, "storage": true,
+                             "schema": {"openAPIV3Schema": schema}});
+    if crd.status {
+        version["subresources"] = json!({"status": {}});
+    }
+    let definition = json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": POLICY_CRD},
+        "metadata": {"name": name},
         "spec": {
-            "group": "security.istio.io", "scope": "Namespaced",
-            "names": {"plural": "authorizationpolicies", "singular": "authorizationpolicy",
-                      "kind": "AuthorizationPolicy", "listKind": "AuthorizationPolicyList"},
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                          "schema": {"openAPIV3Schema": schema}}],
+            "group": crd.group, "scope": "Namespaced",
+            "names": {"plural": crd.plural, "singular": crd.singular,
+                      "kind": crd.kind, "listKind": format!("{}List", crd.kind)},
+            "versions": [version],
         },
     });
-    crds.create(&PostParams::default(), &from_json(crd))
+    crds.create(&PostParams::default(), &from_json(definition))
         .await
-        .expect("creating the AuthorizationPolicy CRD");
-    let established = await_condition(crds, POLICY_CRD, conditions::is_crd_established());
+        .unwrap_or_else(|e| panic!("creating the CRD {name}: {e}"));
+    let established = await_condition(crds, &name, conditions::is_crd_established());
     tokio::time::timeout(PATIENCE, established)
         .await
         .expect("the CRD established in time")
         .expect("watching the CRD");
-    true
+    Some(name)
 }
 
 /// Runs `test` in a fresh namespace and deletes what it made afterwards, even if it panicked.
@@ -84,7 +116,10 @@ where
         .await
         .expect("a client from KUBECONFIG or the in-cluster config");
     let namespace = format!("ambit-test-{:08x}", rand::random::<u32>());
-    let created_crd = ensure_policy_crd(&client).await;
+    let mut created_crds = Vec::new();
+    for crd in &CRDS {
+        created_crds.extend(ensure_crd(&client, crd).await);
+    }
     let outcome = AssertUnwindSafe(test(client.clone(), namespace.clone()))
         .catch_unwind()
         .await;
@@ -92,9 +127,9 @@ where
     let _ = namespaces
         .delete(&namespace, &DeleteParams::default())
         .await;
-    if created_crd {
-        let crds: Api<CustomResourceDefinition> = Api::all(client);
-        let _ = crds.delete(POLICY_CRD, &DeleteParams::default()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    for name in created_crds {
+        let _ = crds.delete(&name, &DeleteParams::default()).await;
     }
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -266,6 +301,177 @@ async fn an_ambient_namespace_pod_service_and_policy_are_translated_and_changes_
                 && workload(g, &ns).is_some_and(|w| w.authorization_policies.is_empty())
         })
         .await;
+    })
+    .await;
+}
+
+fn gateways(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &reconcile::gateway_resource())
+}
+
+/// Polls `get` until `done` holds for what it returns.
+async fn until<T, F, Fut>(what: &str, mut get: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let poll = async {
+        loop {
+            if let Some(value) = get().await
+                && done(&value)
+            {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, poll)
+        .await
+        .unwrap_or_else(|_| panic!("never happened: {what}"))
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: set KUBECONFIG and run with --ignored"]
+async fn a_waypoint_gateway_is_deployed_by_the_leader_and_cleaned_up_with_it() {
+    in_test_namespace(|client, ns| async move {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &from_json(json!({"metadata": {"name": ns}})),
+            )
+            .await
+            .expect("creating the namespace");
+
+        // Leader election over a Lease in the test namespace, then the reconciler it gates.
+        let election = LeaderConfig {
+            namespace: ns.clone(),
+            lease_name: leader::LEASE_NAME.into(),
+            identity: "cluster-test".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        let (leading_tx, mut leading) = watch::channel(false);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let elector = tokio::spawn(leader::run(
+            Api::namespaced(client.clone(), &ns),
+            election,
+            leading_tx,
+            LeaderMetrics::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let settings = WaypointSettings {
+            image: "registry.k8s.io/pause:3.9".into(),
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+            controller_namespace: "ambit-system".into(),
+            token_audience: None,
+            root_cert_pem: "not checked here".into(),
+        };
+        let addr = ControllerAddress::Fixed("127.0.0.1:15012".parse().unwrap());
+        tokio::spawn(Reconciler::new(client.clone(), settings, addr).run(leading.clone()));
+        tokio::time::timeout(PATIENCE, leading.wait_for(|l| *l))
+            .await
+            .expect("leading in time")
+            .unwrap();
+
+        let gateway = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "wp", "namespace": ns},
+            "spec": {"gatewayClassName": "ambit-waypoint",
+                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+        });
+        let created = gateways(&client, &ns)
+            .create(&PostParams::default(), &from_json(gateway))
+            .await
+            .expect("creating the Gateway");
+        let uid = created.metadata.uid.clone().unwrap();
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        let deployment = until(
+            "the Deployment",
+            || async { deployments.get_opt("wp").await.ok()? },
+            |_| true,
+        )
+        .await;
+        let service = until(
+            "the Service",
+            || async { services.get_opt("wp").await.ok()? },
+            |_| true,
+        )
+        .await;
+        let account = until(
+            "the ServiceAccount",
+            || async { accounts.get_opt("wp").await.ok()? },
+            |_| true,
+        )
+        .await;
+        for owners in [
+            deployment.metadata.owner_references.clone(),
+            service.metadata.owner_references.clone(),
+            account.metadata.owner_references.clone(),
+        ] {
+            let owner = &owners.expect("owned")[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str()),
+                ("Gateway", uid.as_str())
+            );
+            assert_eq!(owner.controller, Some(true));
+        }
+        let pod = deployment.spec.template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("wp"));
+        let ports = service.spec.unwrap().ports.unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.port == 15008 && p.name.as_deref() == Some("mesh"))
+        );
+
+        let accepted = until(
+            "the Gateway accepted",
+            || async { gateways(&client, &ns).get_opt("wp").await.ok()? },
+            |gw: &DynamicObject| {
+                gw.data["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+                })
+            },
+        )
+        .await;
+        assert_eq!(
+            accepted.data["status"]["addresses"][0]["value"],
+            format!("wp.{ns}.svc.cluster.local")
+        );
+
+        // Deleted, the Gateway takes its waypoint with it.
+        gateways(&client, &ns)
+            .delete("wp", &DeleteParams::default())
+            .await
+            .expect("deleting the Gateway");
+        until(
+            "the Deployment gone",
+            || async { Some(deployments.get_opt("wp").await.ok()?.is_none()) },
+            |gone| *gone,
+        )
+        .await;
+        until(
+            "the Service gone",
+            || async { Some(services.get_opt("wp").await.ok()?.is_none()) },
+            |gone| *gone,
+        )
+        .await;
+
+        // Shutting down releases the Lease.
+        let _ = stop.send(());
+        elector.await.unwrap();
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let lease = leases.get(leader::LEASE_NAME).await.expect("the Lease");
+        assert_eq!(lease.spec.unwrap().holder_identity.unwrap_or_default(), "");
     })
     .await;
 }
