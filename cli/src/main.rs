@@ -336,22 +336,34 @@ fn exit(ok: bool) -> ExitCode {
 /// The commands against a cluster, on a current-thread runtime (they make one request at a
 /// time).
 fn run_cluster(command: Command) -> anyhow::Result<ExitCode> {
-    if let Command::Install { dry_run: true, set } = &command {
-        let objects = render::render(&render::Values::from_sets(set)?)?;
-        print!("{}", render::to_yaml(&objects));
-        return Ok(ExitCode::SUCCESS);
-    }
+    // Values are checked before anything connects: a typo fails fast, even with no cluster.
+    let install = match &command {
+        Command::Install { set, dry_run } => {
+            let objects = render::render(&render::Values::from_sets(set)?)?;
+            if *dry_run {
+                print!("{}", render::to_yaml(&objects));
+                return Ok(ExitCode::SUCCESS);
+            }
+            objects
+        }
+        _ => Vec::new(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client = cluster::client().await?;
+        let client = cluster::client().await.map_err(|e| match command {
+            // Chosen because a cluster configuration exists, but it may not be the intent.
+            Command::Check { .. } => {
+                anyhow::anyhow!("{e}\n(`ambit check --lab` checks the local lab instead)")
+            }
+            _ => e.into(),
+        })?;
         let namespace =
             |ns: Option<String>| ns.unwrap_or_else(|| client.default_namespace().into());
         let out = match command {
-            Command::Install { set, .. } => {
-                let objects = render::render(&render::Values::from_sets(&set)?)?;
-                let mut out = cluster::install::install(client.clone(), &objects).await?;
+            Command::Install { .. } => {
+                let mut out = cluster::install::install(client.clone(), &install).await?;
                 out += "installed; `ambit check --kubernetes` shows when every node is ready\n";
                 out
             }
