@@ -24,7 +24,7 @@ use crate::leader::{self, LeaderMetrics};
 use crate::model::{self, ClusterState};
 use crate::pipeline;
 use crate::push::{ConfigServer, Generation, PushMetrics};
-use crate::reconcile::Reconciler;
+use crate::reconcile::{ReconcileMetrics, Reconciler};
 use crate::source::kubernetes::KubernetesSource;
 use crate::source::standalone::{self, Directory, LoadReport};
 use crate::translate::waypoint;
@@ -244,7 +244,9 @@ async fn start_kubernetes(
         stopped(stop),
     ));
     let (settings, controller) = config.waypoints(authority.roots().to_pem().concat());
-    tokio::spawn(Reconciler::new(client, settings, controller).run(leading));
+    let reconciler =
+        Reconciler::new(client, settings, controller).with_metrics(ReconcileMetrics::new(registry));
+    tokio::spawn(reconciler.run(leading));
     Ok(Started {
         authority,
         auth: Arc::new(auth),

@@ -8,9 +8,10 @@ mod k8s_fake;
 use std::time::Duration;
 
 use ambit_controller::reconcile::objects::WaypointSettings;
-use ambit_controller::reconcile::{ControllerAddress, Reconciler};
+use ambit_controller::reconcile::{ControllerAddress, ReconcileMetrics, Reconciler};
 use http::Method;
 use k8s_fake::{CONFIG_MAPS, DEPLOYMENTS, FakeApi, GATEWAYS, SERVICE_ACCOUNTS, SERVICES};
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -133,6 +134,7 @@ async fn a_waypoint_gateway_is_deployed_owned_by_it_and_programmed_once_availabl
     }
     let token = &pod["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
     assert_eq!(token["audience"], "ambit");
+    assert_eq!(pod["spec"]["enableServiceLinks"], false);
     assert!(
         deployment["spec"]["replicas"].is_null(),
         "scaling is left to users"
@@ -296,10 +298,25 @@ async fn an_invalid_waypoint_is_not_accepted_and_other_classes_are_left_alone() 
 
 #[tokio::test]
 async fn a_failed_write_is_retried() {
-    let (fake, _leading) = start(true);
+    let (fake, client) = FakeApi::start();
+    let mut registry = Registry::with_prefix("ambit_controller");
+    let metrics = ReconcileMetrics::new(&mut registry);
+    let fixed = ControllerAddress::Fixed("10.0.0.1:15012".parse().unwrap());
+    let (_leading, leading) = watch::channel(true);
+    tokio::spawn(
+        Reconciler::new(client, settings(), fixed)
+            .with_metrics(metrics)
+            .run(leading),
+    );
     fake.fail(Method::PATCH, "/deployments/wp", 500, 2);
     fake.put(GATEWAYS, gateway("wp", "ambit-waypoint", json!({})));
     deployed(&fake, "wp").await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains(r#"ambit_controller_waypoint_reconciles_total{result="api_error"} 2"#),
+        "{text}"
+    );
     let attempts = fake
         .requests()
         .iter()

@@ -26,6 +26,10 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
@@ -60,6 +64,43 @@ pub enum ReconcileError {
     NoControllerAddress { namespace: String },
 }
 
+/// `ambit_controller_waypoint_reconciles_total{result}`: "ok", or which error (its variant).
+#[derive(Clone, Debug, Default)]
+pub struct ReconcileMetrics {
+    reconciles: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+impl ReconcileMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = ReconcileMetrics::default();
+        registry.register(
+            "waypoint_reconciles",
+            "Waypoint Gateway reconciles, by result",
+            m.reconciles.clone(),
+        );
+        m
+    }
+
+    fn count(&self, result: &'static str) {
+        self.reconciles.get_or_create(&ResultLabel { result }).inc();
+    }
+}
+
+impl ReconcileError {
+    /// The metric label: what an operator would look at first.
+    fn label(&self) -> &'static str {
+        match self {
+            ReconcileError::Api { .. } => "api_error",
+            ReconcileError::NoControllerAddress { .. } => "no_controller_address",
+        }
+    }
+}
+
 /// Where waypoints reach the controller.
 #[derive(Debug, Clone)]
 pub enum ControllerAddress {
@@ -76,6 +117,7 @@ pub struct Reconciler {
     controller: ControllerAddress,
     sweep_interval: Duration,
     failures: Mutex<HashMap<(String, String), u32>>,
+    metrics: ReconcileMetrics,
 }
 
 pub fn gateway_resource() -> ApiResource {
@@ -96,7 +138,13 @@ impl Reconciler {
             controller,
             sweep_interval: Duration::from_secs(60),
             failures: Mutex::default(),
+            metrics: ReconcileMetrics::default(),
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: ReconcileMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// How often objects of vanished Gateways are looked for (tests shorten it).
@@ -230,7 +278,7 @@ async fn reconcile(gw: Arc<DynamicObject>, ctx: Arc<Reconciler>) -> Result<Actio
     let namespace = gw.namespace().unwrap_or_default();
     let name = gw.name_any();
     let span = info_span!("reconcile", gateway = %format!("{namespace}/{name}"));
-    let outcome = async {
+    let outcome: Result<Action, ReconcileError> = async {
         if !waypoint_class(&gw) || gw.metadata.deletion_timestamp.is_some() {
             // Not ours, or on its way out (the garbage collector follows).
             return Ok(Action::await_change());
@@ -258,8 +306,12 @@ async fn reconcile(gw: Arc<DynamicObject>, ctx: Arc<Reconciler>) -> Result<Actio
     }
     .instrument(span)
     .await;
-    if outcome.is_ok() {
-        ctx.failures.lock().unwrap().remove(&(namespace, name));
+    match &outcome {
+        Ok(_) => {
+            ctx.metrics.count("ok");
+            ctx.failures.lock().unwrap().remove(&(namespace, name));
+        }
+        Err(e) => ctx.metrics.count(e.label()),
     }
     outcome
 }

@@ -214,6 +214,10 @@ pub fn deployment(
                 spec: Some(PodSpec {
                     service_account_name: Some(gw.name.clone()),
                     automount_service_account_token: Some(false),
+                    // The namespace's Services would otherwise become `<NAME>_PORT`-style
+                    // variables, and a Service named like one of the waypoint's `AMBIT_*`
+                    // settings (`ambit-upstream-hbone`) would set it.
+                    enable_service_links: Some(false),
                     containers: vec![container],
                     volumes: Some(vec![
                         Volume {
