@@ -3,128 +3,13 @@
 //! passes. Needs root and the workspace's binaries (`cargo test --workspace` builds them); as
 //! root these tests never skip.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
-/// Generous bound for a lab to come up on a loaded CI machine (normally about a second).
-const UP_DEADLINE: Duration = Duration::from_secs(90);
-
-/// `lab up` runs one at a time within this binary: the first `ip netns add` on a fresh
-/// machine sets up /run/netns, and two processes racing there can hide each other's namespaces.
-static LAB_UP: Mutex<()> = Mutex::new(());
-
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "the lab tests need root (network namespaces, iptables): run them as root, as CI does"
-    );
-}
-
-/// A lab of its own for one test: its directory and namespace prefix.
-struct TestLab {
-    dir: tempfile::TempDir,
-    prefix: String,
-}
-
-impl TestLab {
-    fn new(name: &str) -> TestLab {
-        require_root();
-        let missing: Vec<&str> = ["ambit-controller", "ambit-ztunnel"]
-            .into_iter()
-            .filter(|b| !Path::new(AMBIT).with_file_name(b).is_file())
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "{missing:?} not built next to {AMBIT}: run `cargo test --workspace` (or \
-             `cargo build --workspace --bins` first)"
-        );
-        TestLab {
-            dir: tempfile::tempdir().expect("tempdir"),
-            prefix: format!("{name}{}", std::process::id()),
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("lab")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(AMBIT);
-        command
-            .args(args)
-            .env("AMBIT_LAB_DIR", self.root())
-            .env("AMBIT_LAB_PREFIX", &self.prefix)
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run ambit")
-    }
-
-    /// Runs and requires success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "ambit {args:?} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `ambit app connect <dst>` in pod `src`, which must succeed; its output.
-    fn connect(&self, src: &str, dst: &str) -> String {
-        self.ok(&["exec", src, "--", "ambit", "app", "connect", dst])
-    }
-
-    fn up(&self, manifests: &str) {
-        let file = self.dir.path().join("manifests.yaml");
-        std::fs::write(&file, manifests).expect("write manifests");
-        let _turn = LAB_UP.lock().unwrap_or_else(|p| p.into_inner());
-        self.ok(&["lab", "up", "--nodes", "2", "-f", file.to_str().unwrap()]);
-    }
-
-    /// Namespaces of this lab that exist.
-    fn namespaces(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn dump_logs(&self) {
-        let Ok(entries) = std::fs::read_dir(self.root().join("logs")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("===== {} =====", entry.path().display());
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-        let _ = self.run(&["lab", "down"]);
-    }
-}
+use common::lab::{LAB_UP, TestLab, UP_DEADLINE};
 
 const EXPLAIN_LAB: &str = "\
 apiVersion: v1

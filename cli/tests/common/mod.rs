@@ -4,6 +4,8 @@
 // Each test binary compiles its own copy and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
