@@ -383,6 +383,11 @@ async fn sweep_loop(ctx: Arc<Reconciler>) {
                     info!(objects = swept, "deleted the objects of removed waypoints");
                 }
             }
+            // No Gateway API on this cluster: no waypoints, and nothing of theirs to sweep.
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                debug!("Gateways are not served; no sweep")
+            }
+            // Never sweep on a failed list: every waypoint would look orphaned.
             Err(e) => warn!("listing Gateways for the sweep: {e}"),
         }
         tokio::time::sleep(ctx.sweep_interval).await;
