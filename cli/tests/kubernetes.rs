@@ -414,6 +414,14 @@ async fn check_reports_crds_controller_and_agents() {
             "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "", "platform": ""}),
         ),
         p if p.ends_with("/gateways.gateway.networking.k8s.io") => not_found(call),
+        // An old Gateway API bundle.
+        p if p.ends_with("/httproutes.gateway.networking.k8s.io") => {
+            let mut crd = istio_crd("httproutes.gateway.networking.k8s.io", &["v1"]);
+            crd["metadata"]["annotations"] = json!({
+                "gateway.networking.k8s.io/bundle-version": "v1.1.0",
+                "gateway.networking.k8s.io/channel": "standard"});
+            (200, crd)
+        }
         p if p.starts_with(CRD_PATH) => {
             let name = p.rsplit('/').next().unwrap();
             let version = if name.ends_with("ambit.dev") {
@@ -456,7 +464,7 @@ async fn check_reports_crds_controller_and_agents() {
         [
             "ok     API server v1.31.2 reachable",
             "FAIL   CRD gateways.gateway.networking.k8s.io serves v1",
-            "ok     CRD httproutes.gateway.networking.k8s.io serves v1",
+            "FAIL   CRD httproutes.gateway.networking.k8s.io serves v1 (Gateway API v1.1, standard channel)",
             "ok     CRD authorizationpolicies.security.istio.io serves v1",
             "ok     CRD peerauthentications.security.istio.io serves v1",
             "ok     CRD destinationrules.networking.istio.io serves v1",
@@ -467,6 +475,7 @@ async fn check_reports_crds_controller_and_agents() {
         "{report}"
     );
     assert!(report.contains("standard-install.yaml"), "{report}");
+    assert!(report.contains("fix: Gateway API before v1.2"), "{report}");
 }
 
 /// Against the cluster of KUBECONFIG (any cluster with Gateway API CRDs v1.2+; images need not

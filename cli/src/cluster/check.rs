@@ -18,7 +18,8 @@ const CRDS: &[(&str, &str, &str)] = &[
     ("destinationrules.networking.istio.io", "v1", INSTALL),
     ("httpfaults.ambit.dev", "v1alpha1", INSTALL),
 ];
-const GATEWAY_API: &str = "install the Gateway API CRDs v1.2+ (standard channel): \
+const GATEWAY_API: &str = "install the Gateway API CRDs v1.2+ (standard channel; experimental for \
+    HTTPRoute retries): \
     kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.2.1/standard-install.yaml";
 const INSTALL: &str = "ambit install";
 
@@ -45,11 +46,20 @@ pub async fn run(client: kube::Client) -> Result<Vec<Check>, ClusterError> {
                 .iter()
                 .any(|v| v.name == *version && v.served)
         });
+        let bundle = found.as_ref().and_then(gateway_api_bundle);
+        let too_old = bundle.as_ref().is_some_and(|(minor, _)| *minor < 2);
+        let what = match &bundle {
+            Some((minor, channel)) => {
+                format!("CRD {name} serves {version} (Gateway API v1.{minor}, {channel} channel)")
+            }
+            None => format!("CRD {name} serves {version}"),
+        };
         checks.push(Check {
-            what: format!("CRD {name} serves {version}"),
-            ok: serves,
+            what,
+            ok: serves && !too_old,
             fix: match found {
                 None => fix.to_string(),
+                Some(_) if too_old => format!("Gateway API before v1.2: {fix}"),
                 Some(_) => format!("it exists but does not serve {version}: upgrade it ({fix})"),
             },
         });
@@ -57,6 +67,24 @@ pub async fn run(client: kube::Client) -> Result<Vec<Check>, ClusterError> {
     checks.push(controller(&client).await?);
     checks.push(agents(&client).await?);
     Ok(checks)
+}
+
+/// A Gateway API CRD's bundle (minor version of v1.x, channel), from the annotations upstream's
+/// manifests carry; None for other CRDs or if unannotated.
+fn gateway_api_bundle(crd: &CustomResourceDefinition) -> Option<(u32, String)> {
+    let annotations = crd.metadata.annotations.as_ref()?;
+    let version = annotations.get("gateway.networking.k8s.io/bundle-version")?;
+    let minor = version
+        .strip_prefix("v1.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()?;
+    let channel = annotations
+        .get("gateway.networking.k8s.io/channel")
+        .cloned()
+        .unwrap_or_else(|| "unknown".into());
+    Some((minor, channel))
 }
 
 async fn controller(client: &kube::Client) -> Result<Check, ClusterError> {
