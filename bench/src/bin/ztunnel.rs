@@ -14,11 +14,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ambit_bench::{Table, micros, percentiles};
-use ambit_cli::lab::netns::{command_in, in_netns};
+use ambit_bench::pod::in_pod;
+use ambit_bench::{Table, micros, percentiles, proc};
+use ambit_cli::lab::netns::command_in;
 use ambit_tests::manifests::{self, Pod};
 use ambit_tests::mesh::Mesh;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -205,21 +206,6 @@ fn iperf(mesh: &Mesh, client: &str, server: SocketAddr) -> Result<f64> {
     Ok(bps / 1e9)
 }
 
-/// Runs `load` on a single-threaded runtime inside `netns`, so its sockets live there.
-fn in_pod<T, F>(netns: &str, load: impl FnOnce() -> F + Send + 'static) -> Result<T>
-where
-    T: Send + 'static,
-    F: Future<Output = std::io::Result<T>>,
-{
-    let result = in_netns(netns, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(load())
-    })?;
-    Ok(result)
-}
-
 /// Open-loop load: each connection sends its share of `rate` at fixed times.
 fn fixed_rate(netns: &str, target: SocketAddr, args: &Args) -> Result<Vec<Duration>> {
     let (rate, conns, secs) = (args.rate, args.connections, args.seconds);
@@ -300,13 +286,7 @@ fn connection_rate(netns: &str, target: SocketAddr, workers: u32) -> Result<f64>
 fn agents_cpu(mesh: &Mesh) -> Result<f64> {
     let mut total = 0.0;
     for n in [1, 2] {
-        let pid = mesh.agent_pid(n).context("agent running")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may contain spaces) start at ") ".
-        let rest = stat.rsplit_once(") ").context("stat format")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        total += ticks / 100.0; // USER_HZ is 100 on Linux
+        total += proc::cpu_seconds(mesh.agent_pid(n).context("agent running")?)?;
     }
     Ok(total)
 }
@@ -315,16 +295,7 @@ fn status_field(mesh: &Mesh, field: &str) -> Result<String> {
     let mut parts = Vec::new();
     for n in [1, 2] {
         let pid = mesh.agent_pid(n).context("agent running")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .with_context(|| format!("{field} in /proc/{pid}/status"))?;
-        let kb: f64 = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
-        parts.push(format!("{:.1} MiB", kb / 1024.0));
-    }
-    if parts.len() != 2 {
-        bail!("expected two agents");
+        parts.push(format!("{:.1} MiB", proc::status_mib(pid, field)?));
     }
     Ok(parts.join(" + "))
 }

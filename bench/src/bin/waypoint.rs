@@ -1,0 +1,500 @@
+//! Waypoint benchmark: HTTP/1.1 requests between lab pods (network namespaces) over four paths,
+//! measured in the same run:
+//! - **direct**: client pod -> server pod, outside the mesh;
+//! - **agents**: client pod -> node agent -> HBONE/mTLS -> node agent -> server pod;
+//! - **waypoint**: client pod -> agent -> waypoint -> agent -> server pods, the service labelled
+//!   `istio.io/use-waypoint` and split 90/10 between its two versions by an HTTPRoute;
+//! - **nginx**: client pod -> nginx in a pod of its own -> the two server pods, weighted 90/10
+//!   (nginx as a peer L7 proxy on the same machine, without the mesh's mTLS).
+//!
+//! Each path gets an open-loop run at a fixed rate (latency counted from the scheduled send
+//! time; the proxy's CPU and RSS per 1,000 requests/s) and a closed-loop run (the most the path
+//! carries over a fixed number of keep-alive connections; requests/s per core of the proxy).
+//!
+//! Needs root, nginx (`apt-get install nginx-light`) and release builds of the binaries:
+//! `cargo build --release -p ambit-controller -p ambit-ztunnel -p ambit-waypoint -p ambit-bench`,
+//! then `target/release/waypoint-bench`.
+
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ambit_bench::pod::{in_pod, listen_in};
+use ambit_bench::{Table, http1, micros, percentiles, proc};
+use ambit_cli::lab::netns::command_in;
+use ambit_tests::manifests::{self, Pod};
+use ambit_tests::mesh::{CONTROLLER, Mesh};
+use ambit_tests::{binaries, eventually, probe};
+use anyhow::{Context, Result};
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// Requests per second of the open-loop run.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Connections the open-loop rate is spread over.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    /// Connections of the closed-loop run.
+    #[arg(long, default_value_t = 32)]
+    closed_connections: u32,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Run only these parts (comma-separated): open, closed.
+    #[arg(long, value_delimiter = ',', default_values_t = ["open".to_string(), "closed".into()])]
+    only: Vec<String>,
+    /// Paths to measure (comma-separated): direct, agents, waypoint, nginx.
+    #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "agents".into(), "waypoint".into(), "nginx".into()])]
+    paths: Vec<String>,
+}
+
+const HTTP: u16 = 8080;
+const WEB_VIP: &str = "10.96.0.20";
+const WAYPOINT_VIP: &str = "10.96.0.15";
+
+/// A pod: name, node, namespace, labels.
+type PodSpec = (
+    &'static str,
+    u8,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+);
+
+/// A process the benchmark started itself, killed when the benchmark ends.
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One way from a client pod to the backends, and the proxy whose cost is measured.
+struct Path {
+    label: &'static str,
+    client: &'static str,
+    target: SocketAddr,
+    host: &'static str,
+    /// The L7 proxy on the path, if any, and whether its children count (nginx's workers).
+    proxy: Option<(u32, bool)>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut mesh = Mesh::new("wbench", 2);
+    let pods: [PodSpec; 8] = [
+        ("mesh-client", 1, "m", vec![("app", "client")]),
+        (
+            "mesh-server-a",
+            2,
+            "m",
+            vec![("app", "web"), ("version", "a")],
+        ),
+        (
+            "mesh-server-b",
+            2,
+            "m",
+            vec![("app", "web"), ("version", "b")],
+        ),
+        (
+            "waypoint",
+            1,
+            "m",
+            vec![
+                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
+                // A waypoint speaks HBONE itself: never captured.
+                ("istio.io/dataplane-mode", "none"),
+            ],
+        ),
+        ("direct-client", 1, "d", vec![("app", "client")]),
+        ("direct-server-a", 2, "d", vec![("app", "web")]),
+        ("direct-server-b", 2, "d", vec![("app", "web")]),
+        ("nginx", 1, "d", vec![("app", "nginx")]),
+    ];
+    let mut yaml = manifests::namespace("m", &[("istio.io/dataplane-mode", "ambient")])
+        + &manifests::namespace("d", &[]);
+    for (name, node, ns, labels) in pods {
+        let info = mesh.add_pod(name, node);
+        yaml += &manifests::pod(&Pod {
+            name,
+            namespace: ns,
+            node: if node == 1 { "node1" } else { "node2" },
+            ip: info.ip.to_string(),
+            service_account: name,
+            labels,
+        });
+    }
+    yaml += &manifests::service(
+        "waypoint",
+        "m",
+        WAYPOINT_VIP,
+        &[("gateway.networking.k8s.io/gateway-name", "waypoint")],
+        15008,
+        15008,
+    );
+    yaml += &format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: m, labels: {{istio.io/use-waypoint: waypoint}}}}\n\
+         spec: {{clusterIP: {WEB_VIP}, selector: {{app: web}}, ports: [{{name: http, port: 80, targetPort: {HTTP}}}]}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web-a, namespace: m}}\n\
+         spec: {{clusterIP: 10.96.0.21, selector: {{app: web, version: a}}, ports: [{{name: http, port: 80, targetPort: {HTTP}}}]}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web-b, namespace: m}}\n\
+         spec: {{clusterIP: 10.96.0.22, selector: {{app: web, version: b}}, ports: [{{name: http, port: 80, targetPort: {HTTP}}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web-split, namespace: m}}\n\
+         spec: {{parentRefs: [{{group: \"\", kind: Service, name: web, port: 80}}], rules: [{{backendRefs: \
+         [{{name: web-a, port: 80, weight: 90}}, {{name: web-b, port: 80, weight: 10}}]}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: waypoint, namespace: m}}\n\
+         spec: {{gatewayClassName: ambit-waypoint, listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]}}\n---\n"
+    );
+    mesh.write("bench.yaml", &yaml);
+    mesh.start_controller(&[]);
+    mesh.start_agent(1);
+    mesh.start_agent(2);
+    let served = start_backends(&mesh)?;
+    let waypoint = start_waypoint(&mesh)?;
+    let nginx = start_nginx(&mesh)?;
+
+    let paths = [
+        Path {
+            label: "direct",
+            client: "direct-client",
+            target: mesh.address("direct-server-a", HTTP),
+            host: "web",
+            proxy: None,
+        },
+        Path {
+            label: "agents",
+            client: "mesh-client",
+            target: mesh.address("mesh-server-a", HTTP),
+            host: "web",
+            proxy: None,
+        },
+        Path {
+            label: "waypoint",
+            client: "mesh-client",
+            target: SocketAddr::new(WEB_VIP.parse()?, 80),
+            host: "web.m.svc.cluster.local",
+            proxy: Some((waypoint.0.id(), false)),
+        },
+        Path {
+            label: "nginx",
+            client: "direct-client",
+            target: mesh.address("nginx", 80),
+            host: "web",
+            proxy: Some((nginx.0.id(), true)),
+        },
+    ];
+    let paths: Vec<&Path> = paths
+        .iter()
+        .filter(|p| args.paths.iter().any(|a| a == p.label))
+        .collect();
+    for p in &paths {
+        warm_up(&mesh, p)?;
+    }
+    let run = |part: &str| args.only.iter().any(|p| p == part);
+    if run("open") {
+        open(&mesh, &paths, &args)?;
+    }
+    if run("closed") {
+        closed(&mesh, &paths, &args, &served)?;
+    }
+    println!(
+        "\nWaypoint peak RSS (VmHWM): {:.1} MiB",
+        proc::status_mib(waypoint.0.id(), "VmHWM:")?
+    );
+    Ok(())
+}
+
+/// Requests each server pod answered, by pod name.
+type Served = Vec<(&'static str, Arc<AtomicU64>)>;
+
+/// The HTTP servers of the four server pods, served from one background thread.
+fn start_backends(mesh: &Mesh) -> Result<Served> {
+    let mut listeners = Vec::new();
+    let mut served = Served::new();
+    for (pod, name) in [
+        ("mesh-server-a", "a"),
+        ("mesh-server-b", "b"),
+        ("direct-server-a", "a"),
+        ("direct-server-b", "b"),
+    ] {
+        let addr = SocketAddr::new([0, 0, 0, 0].into(), HTTP);
+        let counter = Arc::new(AtomicU64::new(0));
+        served.push((pod, counter.clone()));
+        listeners.push((listen_in(&mesh.pod(pod).netns, addr)?, name, counter));
+    }
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut tasks = Vec::new();
+            for (l, name, counter) in listeners {
+                let l = tokio::net::TcpListener::from_std(l).expect("listener");
+                tasks.push(tokio::spawn(http1::serve(l, name, counter)));
+            }
+            futures::future::join_all(tasks).await;
+        });
+    });
+    Ok(served)
+}
+
+/// Share of the requests answered by the `-a` server of the client's kind since `before`.
+fn split(served: &Served, client: &str, before: &[u64]) -> String {
+    let kind = client.split('-').next().unwrap_or("");
+    let now: Vec<u64> = served
+        .iter()
+        .map(|(_, c)| c.load(Ordering::Relaxed))
+        .collect();
+    let count = |suffix: &str| -> u64 {
+        served
+            .iter()
+            .zip(now.iter().zip(before))
+            .filter(|((pod, _), _)| pod.starts_with(kind) && pod.ends_with(suffix))
+            .map(|(_, (n, b))| n - b)
+            .sum()
+    };
+    let (a, b) = (count("-a"), count("-b"));
+    if a + b == 0 {
+        return "-".into();
+    }
+    format!(
+        "{:.1}/{:.1}",
+        100.0 * a as f64 / (a + b) as f64,
+        100.0 * b as f64 / (a + b) as f64
+    )
+}
+
+fn counts(served: &Served) -> Vec<u64> {
+    served
+        .iter()
+        .map(|(_, c)| c.load(Ordering::Relaxed))
+        .collect()
+}
+
+/// `ambit-waypoint` in its pod, as the lab starts it, with access logs off (Istio's default).
+fn start_waypoint(mesh: &Mesh) -> Result<Owned> {
+    let data = mesh.scratch().join("data");
+    let token = data.join("tokens/waypoint-m.waypoint.token");
+    eventually(
+        "the controller wrote the waypoint's token",
+        Duration::from_secs(60),
+        || token.is_file().then_some(()).ok_or("not yet".to_string()),
+    );
+    let netns = mesh.pod("waypoint").netns.clone();
+    let log = std::fs::File::create(mesh.scratch().join("logs/waypoint.log"))?;
+    let child = command_in(&netns, binaries::path("ambit-waypoint"))
+        .args(["--waypoint", "m/waypoint", "--controller-addr", CONTROLLER])
+        .arg("--root-cert")
+        .arg(data.join("ca/root-cert.pem"))
+        .arg("--token-file")
+        .arg(&token)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting ambit-waypoint")?;
+    let child = Owned(child);
+    let admin: SocketAddr = "127.0.0.1:15000".parse()?;
+    eventually(
+        "waypoint ready",
+        Duration::from_secs(60),
+        || match probe::http_get(&netns, admin, "/ready")? {
+            (200, _) => Ok(()),
+            (s, body) => Err(format!("{s} {body}")),
+        },
+    );
+    Ok(child)
+}
+
+/// nginx in its own pod: the same two backends, weighted 90/10, upstream keep-alive, no access
+/// log (the waypoint runs without one too), one worker per core.
+fn start_nginx(mesh: &Mesh) -> Result<Owned> {
+    let dir = mesh.scratch().join("nginx");
+    std::fs::create_dir_all(&dir)?;
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes auto;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           keepalive_requests 1000000;\n\
+           upstream web {{ server {a} weight=9; server {b} weight=1; keepalive 64; }}\n\
+           server {{ listen 80; location / {{ proxy_pass http://web; proxy_http_version 1.1; \
+           proxy_set_header Connection \"\"; }} }}\n}}\n",
+        a = mesh.address("direct-server-a", HTTP),
+        b = mesh.address("direct-server-b", HTTP),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let netns = mesh.pod("nginx").netns.clone();
+    let child = command_in(&netns, "nginx")
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx (apt-get install nginx-light)")?;
+    let child = Owned(child);
+    let addr = mesh.address("nginx", 80);
+    eventually("nginx answers", Duration::from_secs(30), || {
+        probe::http_get(&netns, addr, "/").map(drop)
+    });
+    Ok(child)
+}
+
+/// Until a request goes through (the agents learn the waypoint from the controller).
+fn warm_up(mesh: &Mesh, p: &Path) -> Result<()> {
+    let netns = mesh.pod(p.client).netns.clone();
+    let (target, host) = (p.target, p.host.to_string());
+    let start = Instant::now();
+    loop {
+        let host = host.clone();
+        let ok = in_pod(&netns, move || async move {
+            let mut conn = http1::Conn::open(target, &host).await?;
+            conn.get().await
+        });
+        match ok {
+            Ok(200) => return Ok(()),
+            _ if start.elapsed() > Duration::from_secs(60) => {
+                anyhow::bail!("{}: no 200 from {} after 60 s: {ok:?}", p.label, p.target)
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// CPU seconds of the path's proxy so far (0 without one).
+fn proxy_cpu(p: &Path) -> Result<f64> {
+    Ok(match p.proxy {
+        Some((pid, true)) => proc::cpu_seconds_with_children(pid)?,
+        Some((pid, false)) => proc::cpu_seconds(pid)?,
+        None => 0.0,
+    })
+}
+
+/// RSS of the path's proxy (nginx: master and workers together), MiB.
+fn proxy_rss(p: &Path) -> Result<f64> {
+    Ok(match p.proxy {
+        Some((pid, children)) => {
+            let mut total = proc::status_mib(pid, "VmRSS:")?;
+            if children {
+                for c in proc::children(pid)? {
+                    total += proc::status_mib(c, "VmRSS:").unwrap_or(0.0);
+                }
+            }
+            total
+        }
+        None => 0.0,
+    })
+}
+
+fn open(mesh: &Mesh, paths: &[&Path], args: &Args) -> Result<()> {
+    println!(
+        "\n## Open loop: {} req/s over {} connections, {} s\n",
+        args.rate, args.connections, args.seconds
+    );
+    let table = Table::new(&[
+        "path",
+        "p50",
+        "p99",
+        "added p99 vs direct",
+        "errors",
+        "proxy vCPU per 1k req/s",
+        "proxy RSS",
+        "proxy RSS per 1k req/s",
+    ]);
+    let mut direct_p99 = None;
+    let per_1k = f64::from(args.rate) / 1000.0;
+    for p in paths {
+        let netns = mesh.pod(p.client).netns.clone();
+        let (target, host) = (p.target, p.host.to_string());
+        let (conns, rate, secs) = (args.connections, args.rate, args.seconds);
+        let cpu_before = proxy_cpu(p)?;
+        let start = Instant::now();
+        let mut out = in_pod(&netns, move || {
+            http1::open_loop(target, host, conns, rate, secs)
+        })?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let cpu = proxy_cpu(p)? - cpu_before;
+        let rss = proxy_rss(p)?;
+        let pc = percentiles(&mut out.latencies);
+        if p.label == "direct" {
+            direct_p99 = Some(pc.p99);
+        }
+        let (cpu_cell, rss_cell, rss_1k) = match p.proxy {
+            Some(_) => (
+                format!("{:.3}", cpu / elapsed / per_1k),
+                format!("{rss:.1} MiB"),
+                format!("{:.1} MiB", rss / per_1k),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        table.row(&[
+            p.label.into(),
+            micros(pc.p50),
+            micros(pc.p99),
+            direct_p99
+                .map(|d| micros(pc.p99.saturating_sub(d)))
+                .unwrap_or_else(|| "-".into()),
+            out.errors.to_string(),
+            cpu_cell,
+            rss_cell,
+            rss_1k,
+        ]);
+    }
+    Ok(())
+}
+
+fn closed(mesh: &Mesh, paths: &[&Path], args: &Args, served: &Served) -> Result<()> {
+    println!(
+        "\n## Closed loop: {} keep-alive connections, {} s\n",
+        args.closed_connections, args.seconds
+    );
+    let table = Table::new(&[
+        "path",
+        "req/s",
+        "p50",
+        "p99",
+        "errors",
+        "proxy cores busy",
+        "req/s per proxy core",
+        "% to server a/b",
+    ]);
+    for p in paths {
+        let netns = mesh.pod(p.client).netns.clone();
+        let (target, host) = (p.target, p.host.to_string());
+        let (conns, secs) = (args.closed_connections, args.seconds);
+        let cpu_before = proxy_cpu(p)?;
+        let served_before = counts(served);
+        let start = Instant::now();
+        let mut out = in_pod(&netns, move || {
+            http1::closed_loop(target, host, conns, secs)
+        })?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let cores = (proxy_cpu(p)? - cpu_before) / elapsed;
+        let rate = out.latencies.len() as f64 / elapsed;
+        let pc = percentiles(&mut out.latencies);
+        let (cores_cell, per_core) = match p.proxy {
+            Some(_) => (format!("{cores:.2}"), format!("{:.0}", rate / cores)),
+            None => ("-".into(), "-".into()),
+        };
+        table.row(&[
+            p.label.into(),
+            format!("{rate:.0}"),
+            micros(pc.p50),
+            micros(pc.p99),
+            out.errors.to_string(),
+            cores_cell,
+            per_core,
+            split(served, p.client, &served_before),
+        ]);
+    }
+    Ok(())
+}
