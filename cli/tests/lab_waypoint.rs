@@ -158,4 +158,32 @@ fn the_controller_configures_the_waypoint_from_httproute_faults_and_policies() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+
+    // Only via the waypoint: the pod dialled directly (bypassing the waypoint's L7 policy) is
+    // refused by its node agent, while the service, through the waypoint, still answers.
+    lab.ok(&["label", "namespace", "demo", "ambit.dev/waypoint-only=true"]);
+    let pods = lab.ok(&["get", "pods"]);
+    let server_ip = pods
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.get(1) == Some(&"server"))
+        .map(|cols| cols[3].to_owned())
+        .unwrap_or_else(|| panic!("no server pod in {pods}"));
+    let direct = format!("{server_ip}:8080");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = lab.run(&[
+            "exec", "client", "--", "ambit", "app", "connect", &direct, "--http", "/secret",
+        ]);
+        if !out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bypass was never refused: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (status, _, out) = get(&lab, "/hello");
+    assert!(status.starts_with("HTTP/1.1 200"), "{out}");
 }

@@ -128,7 +128,6 @@ async fn a_waypoint_gateway_is_deployed_owned_by_it_and_programmed_once_availabl
         "--controller-addr=10.96.0.12:15012",
         "--controller-namespace=ambit-system",
         "--trust-domain=cluster.local",
-        "--routes-from-controller",
     ] {
         assert!(args.contains(&expected), "{expected} in {args:?}");
     }

@@ -45,6 +45,9 @@ pub enum Decision {
     Deny { policy: String, rule: usize },
     /// ALLOW policies exist and none matched.
     DenyNoMatch { allow_policies: Vec<String> },
+    /// The destination accepts traffic only from its waypoints (`waypoint_only`), and this
+    /// client is not one of them. `waypoints`: their hostnames (empty: none is running).
+    DenyBypass { waypoints: Vec<String> },
 }
 
 impl Decision {
@@ -65,6 +68,16 @@ impl Decision {
             Decision::DenyNoMatch { allow_policies } => format!(
                 "denied: ALLOW policies apply ({}) and none of their rules matched",
                 allow_policies.join(", ")
+            ),
+            Decision::DenyBypass { waypoints } if waypoints.is_empty() => {
+                "denied: the destination accepts traffic only through its waypoint, and none is \
+                 running"
+                    .into()
+            }
+            Decision::DenyBypass { waypoints } => format!(
+                "denied: the destination accepts traffic only through its waypoint ({}); \
+                 connect through its service instead",
+                waypoints.join(", ")
             ),
         }
     }

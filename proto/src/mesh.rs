@@ -153,9 +153,55 @@ impl MeshState {
         })
     }
 
-    /// The L4 decision for a connection to `workload`.
+    /// The L4 decision for a connection to `workload`: first, for a `waypoint_only` workload,
+    /// whether the client is one of its waypoints; then its policies.
     pub fn authorize(&self, workload: &Workload, attrs: &authz::Attributes<'_>) -> authz::Decision {
+        if workload.spec.waypoint_only {
+            let (hostnames, identities) = self.waypoints_of(workload);
+            if !attrs
+                .source_identity
+                .is_some_and(|id| identities.contains(id))
+            {
+                return authz::Decision::DenyBypass {
+                    waypoints: hostnames,
+                };
+            }
+        }
         authz::evaluate(self.policies_for(workload), attrs)
+    }
+
+    /// The waypoints traffic to `workload` goes through, its own and its services': their
+    /// hostnames and the identities of their running pods.
+    pub fn waypoints_of(&self, workload: &Workload) -> (Vec<String>, Vec<Identity>) {
+        let services = workload
+            .spec
+            .services
+            .keys()
+            .filter_map(|key| {
+                let (ns, host) = key.split_once('/')?;
+                self.service_by_hostname(ns, host)
+            })
+            .filter_map(|s| s.spec.waypoint.as_ref());
+        let mut hostnames = Vec::new();
+        let mut identities = Vec::new();
+        for gateway in workload.spec.waypoint.iter().chain(services) {
+            let Some(api::gateway_address::Destination::Hostname(h)) = &gateway.destination else {
+                continue;
+            };
+            if hostnames.contains(&h.hostname) {
+                continue;
+            }
+            hostnames.push(h.hostname.clone());
+            if let Some(svc) = self.service_by_hostname(&h.namespace, &h.hostname) {
+                let port = u16::try_from(gateway.hbone_mtls_port).unwrap_or(0);
+                for (w, _) in self.endpoints(svc, port) {
+                    if !w.spec.waypoint_for.is_empty() && !identities.contains(&w.identity) {
+                        identities.push(w.identity.clone());
+                    }
+                }
+            }
+        }
+        (hostnames, identities)
     }
 
     /// Whether `identity` belongs to a waypoint the mesh knows (trusted to say who its client
@@ -387,3 +433,7 @@ impl ConfigHandler for Store {
         Store::apply(self, type_url, resources, removed).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+#[path = "mesh_tests.rs"]
+mod tests;

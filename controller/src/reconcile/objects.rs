@@ -130,7 +130,6 @@ pub fn deployment(
         format!("--trust-domain={}", settings.trust_domain),
         format!("--root-cert={ROOT_DIR}/{ROOT_KEY}"),
         format!("--token-file={TOKEN_DIR}/token"),
-        "--routes-from-controller".into(),
     ];
     let port = |name: &str, port: i32| ContainerPort {
         name: Some(name.into()),

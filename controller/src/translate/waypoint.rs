@@ -19,6 +19,8 @@ use crate::model::{self, ClusterState, Gateway};
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
 pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// Ambit's opt-in, on a pod or namespace: only its waypoints may connect to the pod.
+pub const WAYPOINT_ONLY: &str = "ambit.dev/waypoint-only";
 pub const WAYPOINT_CLASSES: &[&str] = &["ambit-waypoint", "istio-waypoint"];
 /// Set by Gateway API implementations on a gateway's pods; marks waypoint pods.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";

@@ -74,6 +74,15 @@ pub fn translate(pod: &Pod, state: &ClusterState, settings: &Settings) -> Option
         .is_none_or(|c| c.status == "True");
     let healthy = ready && meta.deletion_timestamp.is_none();
 
+    // The pod's own label wins over its namespace's, as for use-waypoint.
+    let waypoint_only = labels
+        .get(waypoint::WAYPOINT_ONLY)
+        .or_else(|| {
+            state
+                .namespace(namespace)
+                .and_then(|n| model::labels(&n.metadata).get(waypoint::WAYPOINT_ONLY))
+        })
+        .is_some_and(|v| v == "true");
     let gateway_name = labels.get(waypoint::GATEWAY_NAME_LABEL);
     let own_waypoint = gateway_name
         .and_then(|gw| state.gateway(namespace, gw))
@@ -169,6 +178,8 @@ pub fn translate(pod: &Pod, state: &ClusterState, settings: &Settings) -> Option
         waypoint_for: own_waypoint
             .map(|gw| waypoint::waypoint_for(gw).to_string())
             .unwrap_or_default(),
+        // A waypoint's own pods are reached by agents, never through a waypoint.
+        waypoint_only: waypoint_only && gateway_name.is_none(),
     })
 }
 
