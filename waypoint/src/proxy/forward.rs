@@ -28,8 +28,8 @@ use super::record::RequestRecord;
 use super::respond::ProxyError;
 use super::upstream::{self, SendError};
 use super::{ConnState, Context, Protocol};
-use ambit_proto::routes::Rule;
 use crate::state::Endpoint;
+use ambit_proto::routes::Rule;
 
 /// The request as it goes upstream, rebuilt for every attempt.
 #[derive(Clone)]

@@ -20,8 +20,8 @@ use super::forward::{self, Backend, Head};
 use super::record::RequestRecord;
 use super::respond::ProxyError;
 use super::{ConnState, Context, Protocol, balance, filters, upstream};
-use ambit_proto::routes::{Match, RequestView, Rule};
 use crate::state::{self, Endpoint, Target};
+use ambit_proto::routes::{Match, RequestView, Rule};
 
 /// Serves one request; never fails (errors are responses).
 pub async fn handle(
