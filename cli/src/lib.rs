@@ -9,4 +9,5 @@ pub mod cluster;
 pub mod cmd;
 pub mod demo;
 pub mod lab;
+pub mod mesh;
 pub mod target;

@@ -1,7 +1,8 @@
 //! `ambit`, the operator command: the local lab (`lab`), Kubernetes-style verbs against it
 //! (`apply`, `delete`, `label`, `exec`, `get`), looking into the mesh (`check`,
 //! `ztunnel-config`, `explain`), the guided tour (`demo`), and the sample apps lab pods run
-//! (`app`). Against a Kubernetes cluster: `install`, `uninstall`, `waypoint`, `check`.
+//! (`app`). Against a Kubernetes cluster: `install`, `uninstall`, `waypoint`, `check`,
+//! `ztunnel-config`, `explain`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use ambit_cli::apps::{connect, echo};
 use ambit_cli::cluster::{self, render, waypoint};
 use ambit_cli::cmd;
+use ambit_cli::cmd::explain::{Placement, Request};
 use ambit_cli::cmd::ztunnel_config::Section;
 use ambit_cli::lab::lifecycle;
 use ambit_cli::lab::state::LabDir;
@@ -103,28 +105,63 @@ enum Command {
     /// Waypoints of a cluster's namespaces (Gateway API Gateways of class ambit-waypoint).
     #[command(subcommand)]
     Waypoint(WaypointCommand),
-    /// Shows what the node agents hold.
+    /// Shows what the node agents hold: the lab's, or a cluster's (read through a port-forward
+    /// to each agent's admin port). A running lab is the target, else a configured cluster.
     #[command(name = "ztunnel-config")]
     ZtunnelConfig {
         #[arg(value_enum)]
         section: Section,
-        /// One node's agent (node1, node2, ...).
+        /// One node's agent (the lab's node1, node2, ...; a cluster's node names).
         #[arg(long)]
         node: Option<String>,
         /// `json` for the raw dump.
         #[arg(short = 'o', long = "output")]
         output: Option<String>,
+        #[command(flatten)]
+        target: TargetFlags,
     },
-    /// Explains the path and policy decision of a connection from a pod.
+    /// Explains the path and policy decision of a connection from a pod and, through a
+    /// waypoint, what it does with one HTTP request. A running lab is the target, else a
+    /// configured cluster.
     Explain {
-        /// The source pod.
+        /// The source pod (`<namespace>/<name>`, or the name alone when unique).
         source: String,
         /// A pod, service name or IP, with an optional `:port`.
         destination: String,
+        /// The request's method, for a waypoint's routes and L7 policies.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request's path, with an optional `?query`.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// A request header, `name=value`, repeatable (`host=...` sets the Host, else it is the
+        /// destination as written).
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        #[command(flatten)]
+        target: TargetFlags,
     },
     /// Sample applications, run inside lab pods.
     #[command(subcommand)]
     App(App),
+}
+
+/// Lab or cluster, for commands that read a running mesh.
+#[derive(clap::Args, Clone, Copy)]
+struct TargetFlags {
+    /// Read the local lab even when a cluster is configured.
+    #[arg(long, conflicts_with = "kubernetes")]
+    lab: bool,
+    /// Read the cluster of the current kubeconfig context even when a lab is running.
+    #[arg(long)]
+    kubernetes: bool,
+}
+
+impl TargetFlags {
+    fn target(self) -> Target {
+        let lab_running = LabDir::from_env().state_file().is_file();
+        Target::choose_running(self.lab, self.kubernetes, lab_running)
+    }
 }
 
 #[derive(Subcommand)]
@@ -203,6 +240,10 @@ enum App {
         /// Path to GET over HTTP/1.1; prints the whole response.
         #[arg(long)]
         http: Option<String>,
+        /// A header for --http, `name=value`, repeatable.
+        #[arg(long = "header", value_name = "NAME=VALUE", requires = "http",
+              value_parser = connect::parse_header)]
+        headers: Vec<(String, String)>,
         /// Limit for the whole exchange (250ms, 5s, 2m).
         #[arg(long, default_value = "5s", value_parser = connect::parse_duration)]
         timeout: Duration,
@@ -236,6 +277,11 @@ fn main() -> ExitCode {
         | Command::Uninstall { .. }
         | Command::Waypoint(_)
         | Command::Check { .. }) => run_cluster(command),
+        command @ (Command::ZtunnelConfig { target, .. } | Command::Explain { target, .. })
+            if target.target() == Target::Cluster =>
+        {
+            run_cluster(command)
+        }
         command => run(command),
     };
     match result {
@@ -295,33 +341,38 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             section,
             node,
             output,
+            ..
         } => {
-            let json = match output.as_deref() {
-                None | Some("table") => false,
-                Some("json") => true,
-                Some(other) => anyhow::bail!("-o {other}: use json (or leave it out for a table)"),
-            };
-            print(cmd::ztunnel_config::run(
-                &dir,
-                section,
-                node.as_deref(),
-                json,
-            ))
+            let json = json_output(output.as_deref())?;
+            let dumps = cmd::ztunnel_config::lab_dumps(&dir, section, node.as_deref())?;
+            print(cmd::ztunnel_config::output(section, dumps, json))
         }
         Command::Explain {
             source,
             destination,
+            method,
+            path,
+            headers,
+            ..
         } => {
+            let request = Request::new(&method, &path, &headers).map_err(anyhow::Error::msg)?;
             let (state, mesh) = cmd::load_lab(&dir)?;
-            let explanation = cmd::explain::explain(&state, &mesh.state, &source, &destination)
-                .map_err(anyhow::Error::msg)?;
-            println!("{}", explanation.lines.join("\n"));
-            Ok(ExitCode::SUCCESS)
+            let pods = Placement::from_lab(&state);
+            print(cmd::explain(&pods, &mesh, &source, &destination, &request))
         }
         Command::App(_)
         | Command::Install { .. }
         | Command::Uninstall { .. }
         | Command::Waypoint(_) => unreachable!("handled in main"),
+    }
+}
+
+/// `-o`: a table (the default) or json.
+fn json_output(output: Option<&str>) -> anyhow::Result<bool> {
+    match output {
+        None | Some("table") => Ok(false),
+        Some("json") => Ok(true),
+        Some(other) => anyhow::bail!("-o {other}: use json (or leave it out for a table)"),
     }
 }
 
@@ -347,6 +398,19 @@ fn run_cluster(command: Command) -> anyhow::Result<ExitCode> {
             objects
         }
         _ => Vec::new(),
+    };
+    let json = match &command {
+        Command::ZtunnelConfig { output, .. } => json_output(output.as_deref())?,
+        _ => false,
+    };
+    let request = match &command {
+        Command::Explain {
+            method,
+            path,
+            headers,
+            ..
+        } => Request::new(method, path, headers).map_err(anyhow::Error::msg)?,
+        _ => Request::default(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -408,6 +472,19 @@ fn run_cluster(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{report}");
                 return Ok(exit(ok));
             }
+            Command::ZtunnelConfig { section, node, .. } => {
+                let dumps = cluster::agents::dumps(&client, section, node.as_deref()).await?;
+                cmd::ztunnel_config::output(section, dumps, json)?
+            }
+            Command::Explain {
+                source,
+                destination,
+                ..
+            } => {
+                let (objects, mesh) = cluster::mesh::load(&client).await?;
+                let pods = Placement::from_cluster(&objects);
+                cmd::explain(&pods, &mesh, &source, &destination, &request)?
+            }
             _ => unreachable!("only cluster commands come here"),
         };
         print!("{out}");
@@ -430,12 +507,13 @@ fn run_app(app: App) -> anyhow::Result<ExitCode> {
                 addr,
                 send,
                 http,
+                headers,
                 timeout,
             } => {
                 let addr = connect::resolve(&addr).await?;
                 let payload = match (send, http) {
                     (Some(text), _) => Some(connect::Payload::Raw(text.into_bytes())),
-                    (None, Some(path)) => Some(connect::Payload::HttpGet(path)),
+                    (None, Some(path)) => Some(connect::Payload::HttpGet { path, headers }),
                     (None, None) => None,
                 };
                 let config = connect::ConnectConfig {

@@ -1,7 +1,8 @@
 //! Which mesh a command looks at: the local lab, or a Kubernetes cluster. Commands that exist
-//! for both (`ambit check`) take `--lab` or `--kubernetes`; without either, a cluster is the
-//! target when there is a cluster configuration to reach it (KUBECONFIG, `~/.kube/config`, or
-//! running in a pod), the lab otherwise, so a laptop with no cluster keeps working as before.
+//! for both (`check`, `ztunnel-config`, `explain`) take `--lab` or `--kubernetes`; without
+//! either, a cluster is the target when there is a cluster configuration to reach it
+//! (KUBECONFIG, `~/.kube/config`, or running in a pod), the lab otherwise, so a laptop with no
+//! cluster keeps working as before. Commands that read a running mesh prefer a running lab.
 
 use std::path::Path;
 
@@ -24,6 +25,16 @@ impl Target {
         )
     }
 
+    /// For commands that read a running mesh (`ztunnel-config`, `explain`): as
+    /// [`Target::choose`], except that without a flag a running lab wins over a configured
+    /// cluster, since whoever started a lab on this machine is looking at it.
+    pub fn choose_running(lab: bool, kubernetes: bool, lab_running: bool) -> Target {
+        if lab_running && !kubernetes {
+            return Target::Lab;
+        }
+        Target::choose(lab, kubernetes)
+    }
+
     fn decide(lab: bool, kubernetes: bool, cluster_configured: bool) -> Target {
         match (lab, kubernetes) {
             (true, _) => Target::Lab,
@@ -44,5 +55,12 @@ mod tests {
         assert_eq!(Target::decide(false, true, false), Target::Cluster);
         assert_eq!(Target::decide(false, false, true), Target::Cluster);
         assert_eq!(Target::decide(false, false, false), Target::Lab);
+    }
+
+    #[test]
+    fn a_running_lab_wins_unless_the_cluster_is_asked_for() {
+        assert_eq!(Target::choose_running(false, false, true), Target::Lab);
+        assert_eq!(Target::choose_running(true, false, true), Target::Lab);
+        assert_eq!(Target::choose_running(false, true, true), Target::Cluster);
     }
 }

@@ -14,8 +14,12 @@ use tokio::net::TcpStream;
 pub enum Payload {
     /// These bytes, then a half-close; everything the server sends until it closes is printed.
     Raw(Vec<u8>),
-    /// `GET <path> HTTP/1.1` with `connection: close`; the whole response is printed.
-    HttpGet(String),
+    /// `GET <path> HTTP/1.1` with `connection: close` and these extra headers (name, value);
+    /// the whole response is printed.
+    HttpGet {
+        path: String,
+        headers: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -139,10 +143,14 @@ async fn exchange<W: AsyncWrite + Unpin>(
             writer.shutdown().await?;
             tokio::io::copy(&mut reader, out).await?
         }
-        Some(Payload::HttpGet(path)) => {
+        Some(Payload::HttpGet { path, headers }) => {
             // No half-close: some HTTP servers take a client's FIN as an abort.
+            let extra: String = headers
+                .iter()
+                .map(|(name, value)| format!("{name}: {value}\r\n"))
+                .collect();
             let request = format!(
-                "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: ambit-connect\r\n\
+                "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: ambit-connect\r\n{extra}\
                  connection: close\r\n\r\n",
                 config.addr
             );
@@ -152,6 +160,18 @@ async fn exchange<W: AsyncWrite + Unpin>(
     };
     out.flush().await?;
     Ok(received)
+}
+
+/// Parses a `name=value` header for `--header`.
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value))
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':') =>
+        {
+            Ok((name.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{text:?}: write a header as name=value")),
+    }
 }
 
 /// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
@@ -185,5 +205,15 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            parse_header("x-canary=yes"),
+            Ok(("x-canary".into(), "yes".into()))
+        );
+        assert!(parse_header("x-canary").is_err());
+        assert!(parse_header("=yes").is_err());
     }
 }

@@ -1,17 +1,22 @@
-//! The `ambit` commands against a real cluster: `install`, `uninstall`, `waypoint`, and `check
-//! --kubernetes`. Each is an async function of a `kube::Client`, so tests drive them against a
-//! scripted API server and see every request they make.
+//! The `ambit` commands against a real cluster: `install`, `uninstall`, `waypoint`, `check
+//! --kubernetes`, and the cluster side of `ztunnel-config` and `explain`. Each is an async
+//! function of a `kube::Client`, so tests drive them against a scripted API server and see
+//! every request they make.
 //!
 //! - [`render`]: the manifests of `deploy/base`, embedded in the binary, with `--set` values;
 //! - [`resources`]: which API path each kind the commands write lives at;
 //! - [`install`]: server-side apply in order, and uninstall in reverse;
 //! - [`waypoint`]: the waypoint `Gateway` of a namespace, as `istioctl waypoint` makes it;
-//! - [`check`]: is the cluster ready for Ambit, and is Ambit running on every node.
+//! - [`check`]: is the cluster ready for Ambit, and is Ambit running on every node;
+//! - [`agents`]: each node's agent pod and its config dump, through a port-forward;
+//! - [`mesh`]: the objects the controller reads, translated, for `explain`.
 //!
 //! Nothing here touches the local lab (`crate::lab`).
 
+pub mod agents;
 pub mod check;
 pub mod install;
+pub mod mesh;
 pub mod render;
 pub mod resources;
 pub mod waypoint;

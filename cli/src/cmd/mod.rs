@@ -19,13 +19,37 @@ pub mod ztunnel_config;
 use anyhow::{Context as _, Result};
 
 use crate::lab::state::{LabDir, LabState};
-use crate::lab::view::{self, MeshView};
+use crate::lab::view;
+use crate::mesh::MeshView;
 
 /// The running lab's state and its translated mesh.
 pub fn load_lab(dir: &LabDir) -> Result<(LabState, MeshView)> {
     let state = dir.load()?;
     let mesh = view::load(&dir.manifests()).context("translating the lab's manifests")?;
     Ok((state, mesh))
+}
+
+/// `ambit explain`'s text, lab or cluster alike, with the objects the controller skips.
+pub fn explain(
+    pods: &explain::Placement,
+    mesh: &MeshView,
+    source: &str,
+    destination: &str,
+    request: &explain::Request,
+) -> Result<String> {
+    let explanation =
+        explain::explain(pods, mesh, source, destination, request).map_err(anyhow::Error::msg)?;
+    let mut out = explanation.lines.join("\n") + "\n";
+    out += &skipped(mesh);
+    Ok(out)
+}
+
+/// A warning line for each object the controller skips, which the view leaves out too.
+fn skipped(mesh: &MeshView) -> String {
+    mesh.errors
+        .iter()
+        .map(|rejected| format!("warning: the controller skips {rejected}\n"))
+        .collect()
 }
 
 /// `ambit get <what>`.
@@ -37,9 +61,7 @@ pub fn get(dir: &LabDir, what: &str) -> Result<String> {
         "policies" | "policy" | "authorizationpolicies" => get::policies(&mesh.state),
         other => anyhow::bail!("cannot get {other:?}: use pods, services or policies"),
     };
-    for rejected in &mesh.errors {
-        out += &format!("warning: the controller skips {rejected}\n");
-    }
+    out += &skipped(&mesh);
     Ok(out)
 }
 

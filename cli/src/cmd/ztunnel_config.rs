@@ -1,8 +1,10 @@
 //! `ambit ztunnel-config workloads|services|policies|certificates [--node N] [-o json]`: what
 //! the node agents actually hold, read from their `/config_dump`.
 //!
-//! Workloads and services are the same on every agent, so without `--node` they come from
-//! node1; policies and certificates are per node, so without `--node` every agent is shown.
+//! Workloads and services are the same on every agent, so without `--node` they come from one
+//! agent (the lab's node1, a cluster's first node by name); policies and certificates are per
+//! node, so without `--node` every agent is shown. The lab's dumps are read here
+//! ([`lab_dumps`]), a cluster's by `cluster::agents`; [`output`] prints either.
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
@@ -29,15 +31,26 @@ impl Section {
             Section::Certificates => "certificates",
         }
     }
+
+    /// Workloads and services are the same on every agent: one agent's answer will do.
+    pub fn same_on_every_agent(self) -> bool {
+        matches!(self, Section::Workloads | Section::Services)
+    }
 }
 
-pub fn run(dir: &LabDir, section: Section, node: Option<&str>, json: bool) -> Result<String> {
+/// The lab's agents' whole dumps, by node name: `node`'s, else one agent's or every agent's
+/// (see [`Section::same_on_every_agent`]).
+pub fn lab_dumps(
+    dir: &LabDir,
+    section: Section,
+    node: Option<&str>,
+) -> Result<Vec<(String, Value)>> {
     let state = dir.load()?;
     let nodes: Vec<u8> = match node {
         Some(name) => vec![state.node_index(name).with_context(|| {
             format!("no node {name:?}: the lab has node1 to node{}", state.nodes)
         })?],
-        None if matches!(section, Section::Workloads | Section::Services) => vec![1],
+        None if section.same_on_every_agent() => vec![1],
         None => (1..=state.nodes).collect(),
     };
     let mut dumps = Vec::new();
@@ -53,13 +66,23 @@ pub fn run(dir: &LabDir, section: Section, node: Option<&str>, json: bool) -> Re
         }
         let dump: Value = serde_json::from_str(&body)
             .with_context(|| format!("the agent on {name} sent a config dump that is not JSON"))?;
-        dumps.push((name, dump[section.key()].clone()));
+        dumps.push((name, dump));
     }
+    Ok(dumps)
+}
+
+/// What `ztunnel-config` prints from the agents' whole dumps (by node name), lab or cluster
+/// alike: `section` of each, as a table or (`json`) as the raw dump by agent.
+pub fn output(section: Section, dumps: Vec<(String, Value)>, json: bool) -> Result<String> {
+    let parts: Vec<(String, Value)> = dumps
+        .into_iter()
+        .map(|(node, dump)| (node, dump[section.key()].clone()))
+        .collect();
     if json {
-        let map: serde_json::Map<String, Value> = dumps.into_iter().collect();
+        let map: serde_json::Map<String, Value> = parts.into_iter().collect();
         return Ok(serde_json::to_string_pretty(&Value::Object(map))? + "\n");
     }
-    Ok(render(section, &dumps))
+    Ok(render(section, &parts))
 }
 
 /// The table for `section` from each agent's part of its dump (pure; snapshot-tested).

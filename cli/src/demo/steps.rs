@@ -188,8 +188,14 @@ fn deny(t: &mut Tour) -> Result<Outcome> {
 fn explain_agrees(t: &mut Tour, expected: Verdict) -> Result<()> {
     t.act("ambit explain client echo");
     let (state, mesh) = cmd::load_lab(&t.dir)?;
-    let explanation = cmd::explain::explain(&state, &mesh.state, "demo/client", "echo")
-        .map_err(anyhow::Error::msg)?;
+    let explanation = cmd::explain::explain(
+        &cmd::explain::Placement::from_lab(&state),
+        &mesh,
+        "demo/client",
+        "echo",
+        &cmd::explain::Request::default(),
+    )
+    .map_err(anyhow::Error::msg)?;
     for line in &explanation.lines {
         t.note(&format!("| {line}"));
     }

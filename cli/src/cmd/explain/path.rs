@@ -1,11 +1,6 @@
-//! `ambit explain <src-pod> <destination>[:port]`: the path one connection takes and the
-//! authorization decision, in words.
-//!
-//! It decides nothing itself: the route is the node agent's own `route::outbound`, and the
-//! decision is `MeshState::authorize` (that is, `ambit_proto::authz::evaluate`) over the policies
-//! the agent would hold, on the mesh the controller's translation produces. What it adds is the
-//! part of the path no agent sees (is the source captured? does kube-proxy pick the endpoint?)
-//! and the attributes the destination's agent would evaluate with.
+//! The node agents' part of a connection: is the source captured, where does its agent send it
+//! (`route::outbound`, the agent's own routing), and what does the agent at the far end decide
+//! (`MeshState::authorize`). Through a waypoint, `waypoint` takes over.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,128 +10,30 @@ use ambit_proto::authz::{Attributes, Decision};
 use ambit_ztunnel::proxy::route::{self, Route};
 use ambit_ztunnel::state::{MeshState, Workload};
 
-use crate::lab::state::{LabState, PodRecord};
+use super::{PodPlace, Request, Verdict, combine};
+use crate::mesh::MeshView;
 
-/// How the connection ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// It reaches the destination.
-    Allowed,
-    /// An agent refuses it (policy, STRICT mTLS, no endpoint).
-    Denied,
-    /// A waypoint decides (L7 policy, routing); the node agents let it through to the waypoint.
-    AtWaypoint,
-    /// Endpoints of one service differ.
-    DependsOnEndpoint,
-}
-
-#[derive(Debug, Clone)]
-pub struct Explanation {
+pub(super) struct Explainer<'a> {
+    pub mesh: &'a MeshView,
+    pub request: &'a Request,
+    /// The Host header a waypoint would see.
+    pub host: &'a str,
     pub lines: Vec<String>,
-    pub verdict: Verdict,
-}
-
-/// Explains a connection from pod `src` to `dst` (a pod, a service name, or an IP, each with an
-/// optional `:port`).
-pub fn explain(
-    lab: &LabState,
-    mesh: &MeshState,
-    src: &str,
-    dst: &str,
-) -> Result<Explanation, String> {
-    let source = lab.find_pod(src)?;
-    let (target, label) = resolve(lab, mesh, source, dst)?;
-    let mut out = Explainer {
-        mesh,
-        lines: vec![format!(
-            "{}/{} ({} on {}) -> {label}",
-            source.namespace,
-            source.name,
-            source.ip,
-            LabState::node_name(source.node)
-        )],
-    };
-    let verdict = out.path(source, target);
-    let summary = match verdict {
-        Verdict::Allowed => "ALLOWED: the connection reaches the destination.",
-        Verdict::Denied => "DENIED: the client sees the connection closed or refused.",
-        Verdict::AtWaypoint => "DECIDED AT THE WAYPOINT: L7 policy and routing apply there.",
-        Verdict::DependsOnEndpoint => "DEPENDS ON THE ENDPOINT picked (see each above).",
-    };
-    out.lines.push(String::new());
-    out.lines.push(format!("Verdict: {summary}"));
-    Ok(Explanation {
-        lines: out.lines,
-        verdict,
-    })
-}
-
-/// The destination address, and how to name it.
-fn resolve(
-    lab: &LabState,
-    mesh: &MeshState,
-    source: &PodRecord,
-    dst: &str,
-) -> Result<(SocketAddr, String), String> {
-    let (host, port) = match dst.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| format!("bad port in {dst:?}"))?;
-            (host, Some(port))
-        }
-        _ => (dst, None),
-    };
-    let need_port = |what: &str| format!("give the port: `{what}:<port>`");
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        let port = port.ok_or_else(|| need_port(host))?;
-        return Ok((SocketAddr::new(ip, port), format!("{ip}:{port}")));
-    }
-    if let Ok(pod) = lab.find_pod(host) {
-        let port = port.ok_or_else(|| need_port(host))?;
-        let label = format!("pod {}/{} ({}:{port})", pod.namespace, pod.name, pod.ip);
-        return Ok((SocketAddr::new(pod.ip.into(), port), label));
-    }
-    // Service names as a pod of the source's namespace would write them.
-    let mut parts = host.splitn(3, '.');
-    let name = parts.next().unwrap_or_default();
-    let namespace = parts.next().unwrap_or(&source.namespace);
-    let service = mesh
-        .services
-        .values()
-        .find(|s| s.spec.name == name && s.spec.namespace == namespace)
-        .ok_or_else(|| {
-            format!("{host:?} is no pod, service or IP address the lab knows (`ambit get pods`, `ambit get services`)")
-        })?;
-    let vip = *service
-        .vips
-        .first()
-        .ok_or_else(|| format!("service {namespace}/{name} has no VIP"))?;
-    let port = match port {
-        Some(p) => p,
-        None => match service.spec.ports.as_slice() {
-            [only] => u16::try_from(only.service_port).map_err(|_| "bad service port")?,
-            _ => return Err(need_port(host)),
-        },
-    };
-    let label = format!("service {namespace}/{name} ({vip}:{port})");
-    Ok((SocketAddr::new(vip, port), label))
-}
-
-struct Explainer<'a> {
-    mesh: &'a MeshState,
-    lines: Vec<String>,
 }
 
 impl Explainer<'_> {
-    fn say(&mut self, line: String) {
+    pub fn say(&mut self, line: String) {
         self.lines.push(format!("  {line}"));
     }
 
-    fn path(&mut self, source: &PodRecord, target: SocketAddr) -> Verdict {
-        let mesh = self.mesh;
-        let src_node = LabState::node_name(source.node);
-        let src_ip: IpAddr = source.ip.into();
+    pub fn state(&self) -> &MeshState {
+        &self.mesh.state
+    }
+
+    pub fn path(&mut self, source: &PodPlace, target: SocketAddr) -> Verdict {
+        let mesh = self.mesh.state.clone();
+        let src_node = source.node.clone();
+        let src_ip = source.ip;
         let src_workload = mesh
             .workload_by_ip(src_ip)
             .filter(|w| w.spec.node_captured)
@@ -162,21 +59,26 @@ impl Explainer<'_> {
                     .into_iter()
                     .filter(|(w, _)| w.is_healthy() && !w.addresses.is_empty())
                     .count();
-                if svc.spec.waypoint.is_none() && n > 1 {
-                    self.say(format!(
-                        "{} is service {}: the agent spreads connections round robin over {n} endpoints.",
-                        target,
-                        service_name(svc)
-                    ));
+                if svc.spec.waypoint.is_some() {
+                    // The waypoint picks the endpoint, per request: one path to explain.
+                    1
+                } else {
+                    if n > 1 {
+                        self.say(format!(
+                            "{target} is service {}: the agent spreads connections round robin \
+                             over {n} endpoints.",
+                            service_name(svc)
+                        ));
+                    }
+                    n.max(1)
                 }
-                n.max(1)
             }
             None => 1,
         };
         // The agent's own round robin: one call per endpoint visits each once.
         let balancer = route::Balancer::default();
         let verdicts: Vec<Verdict> = (0..candidates)
-            .map(|_| route::outbound(mesh, &src_node, target, &balancer))
+            .map(|_| route::outbound(&mesh, &src_node, target, &balancer))
             .collect::<Vec<_>>()
             .into_iter()
             .map(|r| self.route(&src_workload, src_ip, &src_node, r))
@@ -213,6 +115,8 @@ impl Explainer<'_> {
                 authority,
                 identity,
                 waypoint: Some(waypoint),
+                service,
+                peer,
                 ..
             } => {
                 self.say(format!(
@@ -220,7 +124,7 @@ impl Explainer<'_> {
                      {hbone_address}, expecting {identity}. The waypoint applies HTTP routing and \
                      L7 policy, then tunnels to the endpoint it picks."
                 ));
-                Verdict::AtWaypoint
+                self.through_waypoint(source, src_ip, authority, service.as_ref(), &peer)
             }
             Route::Hbone {
                 hbone_address,
@@ -266,7 +170,7 @@ impl Explainer<'_> {
     /// A source no agent acts for: kube-proxy may pick the endpoint, then the destination's
     /// agent (if captured) sees plaintext.
     fn uncaptured(&mut self, src_ip: IpAddr, target: SocketAddr) -> Verdict {
-        let mesh = self.mesh;
+        let mesh = self.mesh.state.clone();
         let Some(svc) = mesh.service_by_vip(target.ip(), target.port()) else {
             return self.plaintext_in(src_ip, target);
         };
@@ -283,7 +187,7 @@ impl Explainer<'_> {
             return Verdict::Denied;
         }
         self.say(format!(
-            "{target} is service {}: kube-proxy (the lab's DNAT in the pod) sends it to one of \
+            "{target} is service {}: kube-proxy (in the lab, DNAT in the pod) sends it to one of \
              {} endpoint(s) at random.",
             service_name(svc),
             endpoints.len()
@@ -296,7 +200,7 @@ impl Explainer<'_> {
     }
 
     fn plaintext_in(&mut self, src_ip: IpAddr, target: SocketAddr) -> Verdict {
-        let Some(dest) = self.mesh.workload_by_ip(target.ip()).cloned() else {
+        let Some(dest) = self.state().workload_by_ip(target.ip()).cloned() else {
             self.say(format!(
                 "{target} is outside the mesh: plain TCP, no policy."
             ));
@@ -322,7 +226,8 @@ impl Explainer<'_> {
         self.authorize(&dest, None, src_ip, target)
     }
 
-    fn authorize(
+    /// The L4 decision of `dest`'s agent for a client proving `source` (none: plaintext).
+    pub fn authorize(
         &mut self,
         dest: &Workload,
         source: Option<&Arc<Workload>>,
@@ -336,12 +241,12 @@ impl Explainer<'_> {
             destination_port: target.port(),
             http: None,
         };
-        let names: Vec<String> = self
-            .mesh
+        let mesh = self.mesh.state.clone();
+        let names: Vec<String> = mesh
             .policies_for(dest)
             .map(|p| format!("{}/{}", p.namespace, p.name))
             .collect();
-        let decision = self.mesh.authorize(dest, &attrs);
+        let decision = mesh.authorize(dest, &attrs);
         let applying = if names.is_empty() {
             "none".to_owned()
         } else {
@@ -352,7 +257,7 @@ impl Explainer<'_> {
             dest.display_name(),
             decision.explain()
         ));
-        let needs_waypoint = self.mesh.policies_for(dest).any(|p| {
+        let needs_waypoint = mesh.policies_for(dest).any(|p| {
             p.action == ambit_proto::api::Action::Allow as i32
                 && p.rules.iter().any(ambit_proto::authz::needs_http)
         });
@@ -371,18 +276,6 @@ impl Explainer<'_> {
     }
 }
 
-fn service_name(svc: &ambit_ztunnel::state::Service) -> String {
+pub(super) fn service_name(svc: &ambit_ztunnel::state::Service) -> String {
     format!("{}/{}", svc.spec.namespace, svc.spec.name)
 }
-
-fn combine(verdicts: Vec<Verdict>) -> Verdict {
-    match verdicts.split_first() {
-        Some((first, rest)) if rest.iter().all(|v| v == first) => first.clone(),
-        Some(_) => Verdict::DependsOnEndpoint,
-        None => Verdict::Denied,
-    }
-}
-
-#[cfg(test)]
-#[path = "explain_tests.rs"]
-mod tests;
