@@ -8,6 +8,8 @@ mod check;
 mod explain;
 #[path = "kubernetes/install.rs"]
 mod install;
+#[path = "kubernetes/portforward.rs"]
+mod portforward;
 #[path = "kubernetes/real_cluster.rs"]
 mod real_cluster;
 #[path = "kubernetes/server.rs"]

@@ -108,3 +108,88 @@ async fn real_cluster_install_enroll_waypoint_uninstall() {
     );
     assert!(daemonsets.get_opt("ambit-ztunnel").await.unwrap().is_none());
 }
+
+/// Against the cluster of KUBECONFIG with Ambit installed and its agents running (`ambit
+/// install`, images pullable): `ztunnel-config` reads every agent through a port-forward, and
+/// `explain` sees a DENY policy applied in a throwaway namespace (pods run
+/// `registry.k8s.io/pause`). Deletes what it made.
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster (KUBECONFIG) with Ambit installed and running"]
+async fn real_cluster_ztunnel_config_and_explain() {
+    use ambit_cli::cluster::{agents, mesh};
+    use ambit_cli::cmd::explain::{Placement, Request};
+    use ambit_cli::cmd::ztunnel_config::{self, Section};
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::api::PatchParams;
+    use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch};
+
+    let client = ambit_cli::cluster::client()
+        .await
+        .expect("a cluster in KUBECONFIG");
+    let dumps = agents::dumps(&client, Section::Certificates, None)
+        .await
+        .expect("every agent's config dump through a port-forward");
+    assert!(!dumps.is_empty());
+    println!(
+        "{}",
+        ztunnel_config::output(Section::Certificates, dumps, false).unwrap()
+    );
+
+    let ns = "ambit-explain-e2e";
+    let apply = PatchParams::apply("ambit-e2e").force();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,
+        "labels": {"istio.io/dataplane-mode": "ambient"}}});
+    namespaces
+        .patch(ns, &apply, &Patch::Apply(&namespace))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for (name, app) in [("client", "client"), ("server", "echo")] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
+            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}});
+        pods.patch(name, &apply, &Patch::Apply(&pod)).await.unwrap();
+    }
+    let gvk = GroupVersionKind::gvk("security.istio.io", "v1", "AuthorizationPolicy");
+    let policies: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, "authorizationpolicies"),
+    );
+    let policy = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-client", "namespace": ns}, "spec": {
+        "selector": {"matchLabels": {"app": "echo"}}, "action": "DENY",
+        "rules": [{"from": [{"source": {"principals": [format!("cluster.local/ns/{ns}/sa/default")]}}]}]}});
+    policies
+        .patch("deny-client", &apply, &Patch::Apply(&policy))
+        .await
+        .unwrap();
+    // Until both pods have an address.
+    let mut explained = String::new();
+    for _ in 0..120 {
+        let (objects, view) = mesh::load(&client).await.unwrap();
+        let placement = Placement::from_cluster(&objects);
+        let request = Request::default();
+        if let Ok(out) = ambit_cli::cmd::explain(
+            &placement,
+            &view,
+            &format!("{ns}/client"),
+            &format!("{ns}/server:80"),
+            &request,
+        ) {
+            explained = out;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    namespaces
+        .delete(ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    println!("{explained}");
+    assert!(
+        explained.contains(&format!("denied by DENY policy {ns}/deny-client (rule 1)")),
+        "{explained}"
+    );
+}

@@ -1,12 +1,15 @@
 //! A scripted API server for the cluster commands: it plays the transport of a real
 //! `kube::Client` (tower-test), records every request (method, path with query, content type,
-//! body) and answers each with whatever the test's function returns.
+//! body) and answers each with whatever the test's function returns; [`serve_forwarding`] also
+//! serves pod port-forwards (`portforward.rs`).
 
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
+
+use crate::portforward::{Backend, upgrade};
 
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -38,7 +41,22 @@ impl Call {
 pub type Calls = Arc<Mutex<Vec<Call>>>;
 
 /// A client whose requests `answer` serves (status, JSON body); and the log of those requests.
-pub fn serve<F>(mut answer: F) -> (kube::Client, Calls)
+pub fn serve<F>(answer: F) -> (kube::Client, Calls)
+where
+    F: FnMut(&Call) -> (u16, Value) + Send + 'static,
+{
+    serve_with(answer, None)
+}
+
+/// As [`serve`], and a pod port-forward is upgraded, its port reaching `backend`.
+pub fn serve_forwarding<F>(answer: F, backend: Backend) -> (kube::Client, Calls)
+where
+    F: FnMut(&Call) -> (u16, Value) + Send + 'static,
+{
+    serve_with(answer, Some(backend))
+}
+
+fn serve_with<F>(mut answer: F, backend: Option<Backend>) -> (kube::Client, Calls)
 where
     F: FnMut(&Call) -> (u16, Value) + Send + 'static,
 {
@@ -59,6 +77,20 @@ where
                     .unwrap_or_default(),
                 body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             };
+            if let Some(backend) = backend
+                .clone()
+                .filter(|_| call.path().ends_with("/portforward"))
+            {
+                let port = call
+                    .query("ports")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+                log.lock().unwrap().push(call);
+                tokio::spawn(async move {
+                    respond.send_response(upgrade(parts, port, backend).await);
+                });
+                continue;
+            }
             let (status, reply) = answer(&call);
             log.lock().unwrap().push(call);
             let response = Response::builder()
