@@ -170,8 +170,13 @@ fn explain_names_the_waypoint_the_data_plane_goes_through() {
     ]);
     let pods = lab.ok(&["get", "pods"]);
     let waypoint_ip = resolve(&pods, "waypoint-waypoint:15008");
-    let explained = lab.ok(&["explain", "client", "echo:80"]);
-    assert!(explained.contains("DECIDED AT THE WAYPOINT"), "{explained}");
+    let explained = lab.ok(&["explain", "client", "echo:80", "--path", "/via-waypoint"]);
+    assert!(
+        explained.contains(
+            "Verdict: ALLOWED: the waypoint forwards GET /via-waypoint to service demo/echo;"
+        ),
+        "{explained}"
+    );
     assert!(explained.contains(&waypoint_ip), "{explained}");
     // The request does go through that waypoint: its access log has it.
     let out = lab.ok(&[

@@ -1,93 +1,30 @@
 //! A waypoint in the lab, configured the way users configure one: Gateway API HTTPRoute (query
 //! match, weights), an `HTTPFault` named by an ExtensionRef, a DestinationRule and an L7
 //! AuthorizationPolicy, all translated by the controller and applied by the waypoint, checked
-//! from a client pod and in the waypoint's access log. Needs root, as CI runs it.
+//! from a client pod and in the waypoint's access log; and `ambit explain` says what the
+//! waypoint does with each of those requests. Needs root, as CI runs it.
 
 mod common;
 
 use common::lab::TestLab;
 
-const MESH: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: demo, labels: {app: client}}
-spec: {nodeName: node1, containers: [{name: c, image: ambit/client}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: demo, labels: {app: echo, version: v1}}
-spec: {nodeName: node2, containers: [{name: echo, image: ambit/echo, ports: [{containerPort: 8080}]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server-v2, namespace: demo, labels: {app: echo, version: v2}}
-spec: {nodeName: node1, containers: [{name: echo, image: ambit/echo, ports: [{containerPort: 8080}]}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: demo}
-spec: {selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo-v1, namespace: demo}
-spec: {selector: {app: echo, version: v1}, ports: [{port: 80, targetPort: 8080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo-v2, namespace: demo}
-spec: {selector: {app: echo, version: v2}, ports: [{port: 80, targetPort: 8080}]}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: demo}
-spec: {gatewayClassName: ambit-waypoint}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo, namespace: demo}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
-  rules:
-  - matches: [{queryParams: [{name: version, value: v2}]}]
-    backendRefs: [{name: echo-v2, port: 80}]
-  - matches: [{path: {type: PathPrefix, value: /teapot}}]
-    filters: [{type: ExtensionRef, extensionRef: {group: ambit.dev, kind: HTTPFault, name: teapot}}]
-    backendRefs: [{name: echo-v1, port: 80}]
-  - matches: [{path: {type: PathPrefix, value: /}}]
-    filters:
-    - type: RequestHeaderModifier
-      requestHeaderModifier: {set: [{name: x-routed-by, value: httproute}]}
-    backendRefs: [{name: echo-v1, port: 80}]
----
-apiVersion: ambit.dev/v1alpha1
-kind: HTTPFault
-metadata: {name: teapot, namespace: demo}
-spec: {abort: {httpStatus: 418}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo-v1, namespace: demo}
-spec: {host: echo-v1, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-secrets, namespace: demo}
-spec:
-  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
-  action: DENY
-  rules: [{to: [{operation: {paths: ["/secret*"]}}]}]
-"#;
+/// The same objects the unit tests of `explain` translate (`cmd::testing::WAYPOINT_LAB`).
+const MESH: &str = include_str!("../src/cmd/testing_waypoint.yaml");
 
 /// `GET <path>` from the client pod to Service echo: the status line and the server's name.
 fn get(lab: &TestLab, path: &str) -> (String, String, String) {
-    let out = lab.ok(&[
+    get_with(lab, path, &[])
+}
+
+/// [`get`] with request headers (`name=value`).
+fn get_with(lab: &TestLab, path: &str, headers: &[&str]) -> (String, String, String) {
+    let mut args = vec![
         "exec", "client", "--", "ambit", "app", "connect", "echo:80", "--http", path,
-    ]);
+    ];
+    for h in headers {
+        args.extend(["--header", h]);
+    }
+    let out = lab.ok(&args);
     let status = out.lines().next().unwrap_or_default().to_owned();
     let server = out
         .lines()
@@ -95,6 +32,44 @@ fn get(lab: &TestLab, path: &str) -> (String, String, String) {
         .unwrap_or_default()
         .to_owned();
     (status, server, out)
+}
+
+/// `ambit explain client echo:80` for `GET <path>` with `headers`, against what the request
+/// gets: the status the waypoint answers itself, or a 200 from one of the endpoints explain
+/// names for the backend it picks.
+fn explain_agrees(lab: &TestLab, path: &str, headers: &[&str]) {
+    let mut args = vec!["explain", "client", "echo:80", "--path", path];
+    for h in headers {
+        args.extend(["--header", h]);
+    }
+    let explained = lab.ok(&args);
+    let verdict = explained
+        .lines()
+        .find(|l| l.starts_with("Verdict: "))
+        .unwrap_or_else(|| panic!("no verdict in:\n{explained}"));
+    let (status, server, out) = get_with(lab, path, headers);
+    let what = format!("GET {path} {headers:?}: explain said\n{explained}\nthe request got\n{out}");
+    if let Some(rest) = verdict.split_once("the waypoint answers ").map(|(_, r)| r) {
+        let code = rest.split_whitespace().next().unwrap();
+        assert!(status.starts_with(&format!("HTTP/1.1 {code}")), "{what}");
+    } else {
+        assert!(
+            verdict.starts_with("Verdict: ALLOWED: the waypoint forwards"),
+            "{what}"
+        );
+        assert!(status.starts_with("HTTP/1.1 200"), "{what}");
+        // The server that answered is an endpoint of the backend explain picked.
+        let endpoints: Vec<&str> = explained
+            .lines()
+            .filter_map(|l| l.split_once("endpoint(s) ").map(|(_, e)| e))
+            .flat_map(|e| e.split(", "))
+            .filter_map(|e| e.split_whitespace().next())
+            .collect();
+        assert!(
+            endpoints.iter().any(|e| *e == format!("demo/{server}")),
+            "{server} is not among {endpoints:?}: {what}"
+        );
+    }
 }
 
 #[test]
@@ -121,6 +96,17 @@ fn the_controller_configures_the_waypoint_from_httproute_faults_and_policies() {
     // L7 policy at the waypoint: 403 with the policy named.
     let (status, _, out) = get(&lab, "/secret/keys");
     assert!(status.starts_with("HTTP/1.1 403"), "{out}");
+
+    // explain says what the waypoint does with each request, and the waypoint does it.
+    for (path, headers) in [
+        ("/secret/keys", &[][..]),
+        ("/hello", &[]),
+        ("/hello?version=v2", &[]),
+        ("/hello", &["x-canary=yes"]),
+        ("/teapot", &[]),
+    ] {
+        explain_agrees(&lab, path, headers);
+    }
 
     // The waypoint saw and logged each of them.
     let log = std::fs::read_to_string(lab.root().join("logs/demo-waypoint-waypoint-waypoint.log"))

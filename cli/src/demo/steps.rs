@@ -163,7 +163,7 @@ fn enrol(t: &mut Tour) -> Result<Outcome> {
         seen > 0,
         &format!("node2's agent (server side) authenticated the client as {CLIENT_ID} ({seen} connection(s))"),
     );
-    explain_agrees(t, Verdict::Allowed)?;
+    explain_agrees(t, "/", Verdict::Allowed)?;
     Ok(Outcome::Ran)
 }
 
@@ -180,20 +180,25 @@ fn deny(t: &mut Tour) -> Result<Outcome> {
         code != 0 && !out.contains("hello from"),
         "the connection was refused: the server never answered",
     );
-    explain_agrees(t, Verdict::Denied)?;
+    explain_agrees(t, "/", Verdict::Denied)?;
     Ok(Outcome::Ran)
 }
 
-/// Shows `ambit explain client echo` and checks its verdict is what was just observed.
-fn explain_agrees(t: &mut Tour, expected: Verdict) -> Result<()> {
-    t.act("ambit explain client echo");
+/// Shows `ambit explain client echo` (for `GET <path>` at a waypoint) and checks its verdict is
+/// what was just observed.
+fn explain_agrees(t: &mut Tour, path: &str, expected: Verdict) -> Result<()> {
+    match path {
+        "/" => t.act("ambit explain client echo"),
+        path => t.act(&format!("ambit explain client echo --path {path}")),
+    }
     let (state, mesh) = cmd::load_lab(&t.dir)?;
+    let request = cmd::explain::Request::new("GET", path, &[]).map_err(anyhow::Error::msg)?;
     let explanation = cmd::explain::explain(
         &cmd::explain::Placement::from_lab(&state),
         &mesh,
         "demo/client",
         "echo",
-        &cmd::explain::Request::default(),
+        &request,
     )
     .map_err(anyhow::Error::msg)?;
     for line in &explanation.lines {
@@ -237,7 +242,11 @@ fn l7_policy(t: &mut Tour) -> Result<Outcome> {
         true,
         "the lab started the waypoint pod and it reports ready",
     );
-    for (path, want) in [("/hello", "200"), ("/admin", "403")] {
+    let forwarded = Verdict::WaypointForwards(vec!["service demo/echo".into()]);
+    for (path, want, explained) in [
+        ("/hello", "200", forwarded),
+        ("/admin", "403", Verdict::WaypointAnswers(403)),
+    ] {
         t.act(&format!(
             "ambit exec client -- ambit app connect echo:80 --http {path}"
         ));
@@ -251,8 +260,8 @@ fn l7_policy(t: &mut Tour) -> Result<Outcome> {
             first.split_whitespace().nth(1) == Some(want),
             &format!("GET {path} answered {want}"),
         );
+        explain_agrees(t, path, explained)?;
     }
-    explain_agrees(t, Verdict::AtWaypoint)?;
     Ok(Outcome::Ran)
 }
 

@@ -151,9 +151,10 @@ pub fn explain(
             request.describe()
         ),
         Verdict::WaypointAnswers(status) => format!(
-            "ANSWERED BY THE WAYPOINT: {} gets {}; no backend sees the request.",
-            request.describe(),
-            status_text(*status)
+            "ANSWERED BY THE WAYPOINT: the waypoint answers {} to {}; no backend sees the \
+             request.",
+            status_text(*status),
+            request.describe()
         ),
         Verdict::WaypointForwards(backends) => format!(
             "ALLOWED: the waypoint forwards {} to {}; the response is the backend's.",

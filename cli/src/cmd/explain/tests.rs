@@ -154,9 +154,9 @@ fn an_injected_fault_and_a_weighted_split_are_explained() {
     let e = at_waypoint("GET", "/teapot", &[]);
     assert_eq!(e.verdict, Verdict::WaypointAnswers(418));
     assert!(
-        e.lines
-            .join("\n")
-            .contains("ANSWERED BY THE WAYPOINT: GET /teapot gets 418"),
+        e.lines.join("\n").contains(
+            "ANSWERED BY THE WAYPOINT: the waypoint answers 418 I'm a teapot to GET /teapot"
+        ),
         "{:#?}",
         e.lines
     );
