@@ -71,10 +71,10 @@ pub async fn agent_pods(
     agents.sort_by(|a, b| a.node.cmp(&b.node));
     if agents.is_empty() {
         let on = node.map(|n| format!(" on node {n}")).unwrap_or_default();
-        return Err(ClusterError::Usage(format!(
-            "no running agent{on} ({NAMESPACE} pods -l {AGENT_SELECTOR}); `ambit check \
-             --kubernetes` says why"
-        )));
+        return Err(ClusterError::Agent {
+            what: format!("no running agent{on} ({NAMESPACE} pods -l {AGENT_SELECTOR})"),
+            reason: "`ambit check --kubernetes` says why".into(),
+        });
     }
     Ok(agents)
 }
@@ -111,23 +111,22 @@ pub async fn config_dump(client: &kube::Client, agent: &AgentPod) -> Result<Valu
     let stream = forward.take_stream(ADMIN_PORT).expect("the port asked for");
     let refused = forward.take_error(ADMIN_PORT).expect("the port asked for");
     // The kubelet reports a port it cannot reach on the error channel, not on the stream.
+    let failed = |reason: String| ClusterError::Agent {
+        what: what.clone(),
+        reason,
+    };
     let fetched = tokio::select! {
-        fetched = fetch(stream, "/config_dump") => fetched
-            .map_err(|e| ClusterError::Usage(format!("reading the config dump of {what}: {e}"))),
-        Some(message) = refused => Err(ClusterError::Usage(format!(
-            "port-forward to {what}, port {ADMIN_PORT}: {message}"
-        ))),
+        fetched = fetch(stream, "/config_dump") => {
+            fetched.map_err(|e| failed(format!("reading its config dump: {e}")))
+        }
+        Some(message) = refused => Err(failed(format!("port-forward to {ADMIN_PORT}: {message}"))),
     };
     forward.abort();
     let (status, body) = fetched?;
     if status != 200 {
-        return Err(ClusterError::Usage(format!(
-            "{what} answered {status}: {body}"
-        )));
+        return Err(failed(format!("it answered {status}: {body}")));
     }
-    serde_json::from_str(&body).map_err(|e| {
-        ClusterError::Usage(format!("{what} sent a config dump that is not JSON: {e}"))
-    })
+    serde_json::from_str(&body).map_err(|e| failed(format!("its config dump is not JSON: {e}")))
 }
 
 /// `GET <path>` over `stream` (any byte stream to an HTTP/1.1 server, such as a port-forward):

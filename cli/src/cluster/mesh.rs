@@ -10,14 +10,14 @@ use ambit_controller::source::yaml::object_from_value;
 use ambit_controller::translate::{self, Settings};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde::de::DeserializeOwned;
 
 use super::{ClusterError, NAMESPACE, is_not_found};
 use crate::mesh::MeshView;
 
-/// The custom kinds the controller watches: (kind, apiVersion, plural). The same versions as
-/// the controller's Kubernetes source reads.
+/// The custom kinds the controller watches: (kind, apiVersion, plural), the versions its
+/// Kubernetes source reads (that table is private to it, so it is repeated here).
 const CUSTOM: &[(Kind, &str, &str)] = &[
     (Kind::Gateway, "gateway.networking.k8s.io/v1", "gateways"),
     (
@@ -59,13 +59,8 @@ pub async fn objects(client: &kube::Client) -> Result<(ClusterState, Vec<String>
     decoded.extend(core::<ServiceAccount>(client, "serviceaccounts", plain).await?);
     for &(kind, api_version, plural) in CUSTOM {
         let (group, version) = api_version.split_once('/').expect("group/version");
-        let resource = ApiResource {
-            group: group.into(),
-            version: version.into(),
-            api_version: api_version.into(),
-            kind: kind.as_str().into(),
-            plural: plural.into(),
-        };
+        let gvk = GroupVersionKind::gvk(group, version, kind.as_str());
+        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
         let items = match api.list(&ListParams::default()).await {
             Ok(list) => list.items,
@@ -153,7 +148,6 @@ pub async fn settings(client: &kube::Client) -> Result<Settings, ClusterError> {
 pub async fn load(client: &kube::Client) -> Result<(ClusterState, MeshView), ClusterError> {
     let settings = settings(client).await?;
     let (objects, rejected) = objects(client).await?;
-    let view = crate::mesh::translate(&objects, &settings, rejected)
-        .map_err(|e| ClusterError::Usage(e.to_string()))?;
+    let view = crate::mesh::translate(&objects, &settings, rejected)?;
     Ok((objects, view))
 }

@@ -45,6 +45,11 @@ pub enum ClusterError {
     Usage(String),
     #[error("{what}: still there after {seconds}s")]
     Timeout { what: String, seconds: u64 },
+    /// No agent to ask, or an agent that could not be read (port-forward, HTTP, its answer).
+    #[error("{what}: {reason}")]
+    Agent { what: String, reason: String },
+    #[error("{0}")]
+    View(#[from] crate::mesh::ViewError),
 }
 
 impl ClusterError {

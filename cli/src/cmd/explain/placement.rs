@@ -19,7 +19,7 @@ pub struct PodPlace {
 }
 
 /// Every placed pod of a lab or a cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Placement {
     pods: Vec<PodPlace>,
     /// Where they are, for messages: "the lab", "the cluster".

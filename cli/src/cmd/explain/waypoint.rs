@@ -266,7 +266,7 @@ impl Explainer<'_> {
                 "Backend: the pod itself, {} ({ip}:{port}).",
                 w.display_name()
             ));
-            let verdict = self.to_endpoint(w, SocketAddr::new(*ip, *port), src_ip, waypoint);
+            let verdict = self.hop_to_endpoint(w, SocketAddr::new(*ip, *port), src_ip, waypoint);
             return self.forwarded(vec![(w.display_name(), verdict)]);
         }
         let total: u64 = rule.backends.iter().map(|b| u64::from(b.weight)).sum();
@@ -324,7 +324,7 @@ impl Explainer<'_> {
             ));
             let verdicts = endpoints
                 .iter()
-                .map(|e| self.to_endpoint(&e.workload, e.addr, src_ip, waypoint))
+                .map(|e| self.hop_to_endpoint(&e.workload, e.addr, src_ip, waypoint))
                 .collect();
             outcomes.push((label, combine(verdicts)));
         }
@@ -333,7 +333,7 @@ impl Explainer<'_> {
 
     /// The hop from the waypoint to one endpoint: HBONE to its agent, which authorizes the
     /// waypoint's identity (the client's address travels in `forwarded`), or plain TCP.
-    fn to_endpoint(
+    fn hop_to_endpoint(
         &mut self,
         endpoint: &Arc<Workload>,
         addr: SocketAddr,
