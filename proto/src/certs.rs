@@ -29,8 +29,8 @@ pub trait FetchObserver: Send + Sync + 'static {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CertError {
-    #[error("reading the CA token {0}: {1}")]
-    Token(PathBuf, String),
+    #[error("the CA token: {0}")]
+    Token(#[from] grpc::TokenError),
     #[error("connecting to the CA: {0}")]
     Connect(String),
     #[error("the CA refused {identity}: {status}")]
@@ -227,8 +227,6 @@ impl CertManager {
     }
 
     async fn request(&self, identity: &Identity) -> Result<Issued, CertError> {
-        let token = std::fs::read_to_string(&self.token_file)
-            .map_err(|e| CertError::Token(self.token_file.clone(), e.to_string()))?;
         let (csr, key) =
             tls::authority::generate_csr(identity).map_err(|e| CertError::Tls(e.to_string()))?;
         let channel = self.channel().await?;
@@ -237,10 +235,7 @@ impl CertManager {
             identity: identity.to_string(),
             validity_seconds: 0,
         });
-        let bearer = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-            CertError::Token(self.token_file.clone(), "not valid header text".into())
-        })?;
-        request.metadata_mut().insert("authorization", bearer);
+        grpc::authorize(&mut request, &self.token_file)?;
         let response = CertificateServiceClient::new(channel)
             .create_certificate(request)
             .await

@@ -1,9 +1,12 @@
-//! gRPC to and from the control plane over SPIFFE-verified TLS.
+//! gRPC to and from the control plane over SPIFFE-verified TLS, and the bearer token every call
+//! to it carries.
 //!
 //! tonic's own TLS checks DNS names; the controller is identified by its SPIFFE identity instead,
-//! so both ends plug rustls in here with Ambit's verifier.
+//! so both ends plug rustls in here with Ambit's verifier. The client is identified by its token
+//! (a node agent's or a waypoint's), which the config stream and the CA both require.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -23,6 +26,34 @@ pub enum GrpcError {
     Endpoint(String, tonic::transport::Error),
     #[error("connecting to {0}: {1}")]
     Connect(String, tonic::transport::Error),
+}
+
+/// The token file could not be made into `authorization` metadata.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("reading the token {}: {reason}", path.display())]
+pub struct TokenError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Adds `authorization: Bearer <token>` from `token_file` to `request`. The file is read on every
+/// call: Kubernetes rewrites projected tokens in place before they expire, so a token read once
+/// at start would be refused an hour later.
+pub fn authorize<T>(request: &mut tonic::Request<T>, token_file: &Path) -> Result<(), TokenError> {
+    let failed = |reason: String| TokenError {
+        path: token_file.to_path_buf(),
+        reason,
+    };
+    let token = std::fs::read_to_string(token_file).map_err(|e| failed(e.to_string()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(failed("the file is empty".into()));
+    }
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| failed("not valid header text".into()))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(())
 }
 
 /// A channel to the controller at `addr`, which must prove `expected` with a chain to `roots`.

@@ -6,9 +6,15 @@
 //! as `initial_resource_versions`, so the controller sends only the difference. Whatever was
 //! applied stays applied while the controller is away: the data plane keeps serving on its last
 //! good config.
+//!
+//! Every stream carries the client's bearer token, read from its file for each new stream, so a
+//! rotated token is picked up at the next reconnect. A refused stream (no valid token yet, or a
+//! token of another node) is retried like any other failure: the client serves its last config
+//! and the error is in its status.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::Rng;
@@ -19,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::config_discovery_service_client::ConfigDiscoveryServiceClient;
 use crate::api::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use crate::grpc::{self, TokenError};
 
 /// Receives config. Called for every response, in order, from one task.
 pub trait ConfigHandler: Send + Sync + 'static {
@@ -59,15 +66,18 @@ pub struct ClientStatus {
 pub struct ClientSettings {
     pub node: api::Node,
     pub types: Vec<String>,
+    /// The bearer token that proves `node` (the same one the CA takes).
+    pub token_file: PathBuf,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
 }
 
 impl ClientSettings {
-    pub fn new(node: api::Node, types: &[&str]) -> Self {
+    pub fn new(node: api::Node, types: &[&str], token_file: PathBuf) -> Self {
         ClientSettings {
             node,
             types: types.iter().map(|t| t.to_string()).collect(),
+            token_file,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
         }
@@ -78,9 +88,12 @@ impl ClientSettings {
 pub enum XdsError {
     #[error("connecting: {0}")]
     Connect(String),
-    #[error("opening the stream: {0}")]
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Refused, most often: the code says why (Unauthenticated, PermissionDenied).
+    #[error("opening the stream: {:?}: {}", .0.code(), .0.message())]
     Open(tonic::Status),
-    #[error("stream broke: {0}")]
+    #[error("stream broke: {:?}: {}", .0.code(), .0.message())]
     Stream(tonic::Status),
     #[error("the controller closed the stream")]
     Closed,
@@ -160,9 +173,11 @@ impl<H: ConfigHandler> ConfigClient<H> {
             // The channel has room for every first request.
             let _ = tx.try_send(request);
         }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        grpc::authorize(&mut request, &self.settings.token_file)?;
         let mut responses = ConfigDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(256 * 1024 * 1024)
-            .delta_config(ReceiverStream::new(rx))
+            .delta_config(request)
             .await
             .map_err(XdsError::Open)?
             .into_inner();

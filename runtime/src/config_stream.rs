@@ -1,5 +1,6 @@
-//! The config stream to the controller, as one piece: started with the proxy's identity and the
-//! types it needs, observable (status, a connected gauge), and stopped on shutdown.
+//! The config stream to the controller, as one piece: started with the proxy's identity, its token
+//! (`--token-file`, the one the CA takes) and the types it needs, observable (status, a connected
+//! gauge), and stopped on shutdown.
 
 use ambit_proto::api;
 use ambit_proto::grpc;
@@ -28,7 +29,8 @@ impl ConfigStream {
         connected: Gauge,
     ) -> anyhow::Result<ConfigStream> {
         let identity = flags.controller_identity()?;
-        let client = ConfigClient::new(xds::ClientSettings::new(node, types), handler);
+        let settings = xds::ClientSettings::new(node, types, flags.token_file.clone());
+        let client = ConfigClient::new(settings, handler);
         let status = client.status();
         let (stop, stopped) = oneshot::channel::<()>();
         let addr = flags.controller_addr;

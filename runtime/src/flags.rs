@@ -17,7 +17,8 @@ pub struct ControlPlaneFlags {
     /// PEM roots that the controller's certificate must chain to (the mesh root).
     #[arg(long, env = "AMBIT_ROOT_CERT")]
     pub root_cert: PathBuf,
-    /// The bearer token for the CA. Standalone, the controller writes one per node
+    /// The bearer token for the controller (config stream and CA), re-read on every reconnect
+    /// and certificate request. Standalone, the controller writes one per node
     /// (`<data>/tokens/node-<node>.token`) and per waypoint
     /// (`<data>/tokens/waypoint-<namespace>.<name>.token`).
     #[arg(long, env = "AMBIT_TOKEN_FILE")]
