@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::ca::auth::{Authenticator, Caller, TokenFiles};
-use crate::ca::token_review::TokenReviewer;
+use crate::auth::token_review::TokenReviewer;
+use crate::auth::{Authenticator, Caller, TokenFiles};
 use crate::ca::{CaMetrics, CaService, secret, store};
 use crate::config::Config;
 use crate::leader::{self, LeaderMetrics};
@@ -82,7 +82,13 @@ pub async fn run(
         generations_tx,
     ));
 
-    let config_server = ConfigServer::new(generations.clone(), PushMetrics::new(&mut registry));
+    // One authenticator for both services: whoever may not have certificates is not served
+    // config either.
+    let config_server = ConfigServer::new(
+        generations.clone(),
+        auth.clone(),
+        PushMetrics::new(&mut registry),
+    );
     let ca = CaService::new(
         authority.clone(),
         auth,

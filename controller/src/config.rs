@@ -9,7 +9,7 @@ use std::time::Duration;
 use ambit_proto::Identity;
 use clap::Parser;
 
-use crate::ca::token_review::ServiceAccountName;
+use crate::auth::token_review::ServiceAccountName;
 use crate::leader::{LEASE_NAME, LeaderConfig};
 use crate::reconcile::ControllerAddress;
 use crate::reconcile::objects::WaypointSettings;

@@ -5,12 +5,14 @@
 //! - [`translate`]: the pure function from that state to the mesh's resources;
 //! - [`push`]: the incremental config service that streams them to agents and waypoints;
 //! - [`ca`]: the mesh CA service, which signs only identities a caller may hold;
+//! - [`auth`]: who the caller of either service is (a node agent or a waypoint);
 //! - [`reconcile`], [`leader`]: on Kubernetes, a running waypoint for every waypoint Gateway,
 //!   written by the one replica that holds the leader Lease.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod leader;

@@ -153,7 +153,12 @@ async fn standalone_controller_serves_config_and_certificates_over_tls() {
         })
         .await
         .unwrap();
-        let mut stream = ConfigDiscoveryServiceClient::new(channel).delta_config(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        // Without the agent's token the stream is refused; with it, served.
+        let anonymous = ConfigDiscoveryServiceClient::new(channel.clone()).delta_config(tokio_stream::empty()).await;
+        assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut stream = ConfigDiscoveryServiceClient::new(channel).delta_config(req).await.unwrap().into_inner();
         let first = stream.message().await.unwrap().unwrap();
         assert_eq!(first.resources.len(), 1);
         tx.send(DeltaDiscoveryRequest { type_url: type_url::WORKLOAD.into(), response_nonce: first.nonce.clone(), ..Default::default() }).await.unwrap();
@@ -184,6 +189,7 @@ async fn standalone_controller_serves_config_and_certificates_over_tls() {
         assert_eq!(status, 200);
         assert!(metrics.contains("ambit_controller_xds_connected_clients 1"), "{metrics}");
         assert!(metrics.contains("ambit_controller_ca_certificates_issued_total 1"), "{metrics}");
+        assert!(metrics.contains("ambit_controller_xds_refused_total{reason=\"unauthenticated\"} 1"), "{metrics}");
     })
     .await
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ambit_controller::ca::auth::{Caller, TokenFiles};
+use ambit_controller::auth::{Caller, TokenFiles};
 use ambit_controller::ca::{CaMetrics, CaService, store};
 use ambit_controller::model::ClusterState;
 use ambit_controller::push::Generation;

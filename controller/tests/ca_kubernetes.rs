@@ -5,13 +5,12 @@
 
 mod k8s_common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ambit_controller::ca::auth::Authenticator;
-use ambit_controller::ca::token_review::{POD_NAME, POD_UID, ServiceAccountName, TokenReviewer};
+use ambit_controller::auth::Authenticator;
+use ambit_controller::auth::token_review::{ServiceAccountName, TokenReviewer};
 use ambit_controller::ca::{CaMetrics, CaService, secret};
 use ambit_controller::model::ClusterState;
 use ambit_controller::push::Generation;
@@ -22,23 +21,15 @@ use ambit_proto::api::certificate_service_server::CertificateService;
 use ambit_proto::testing;
 use ambit_proto::tls::authority::generate_csr;
 use http::StatusCode;
-use k8s_common::{ApiServer, ListReply, not_found};
+use k8s_common::{AGENT, ApiServer, CALLER_PODS, ListReply, authenticated, not_found};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tonic::Code;
 
-const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
-
-/// The cluster: the node agent's pod on node-1 and one not scheduled yet, a pod of another account
-/// in the agent's namespace, a waypoint and its pod, two workloads.
+/// The cluster: beside the callers' pods (`CALLER_PODS`), an agent pod not scheduled yet, a pod of
+/// another account in the agent's namespace, the waypoint's Gateway, two workloads.
 const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: ztunnel-abc, namespace: ambit-system, uid: uid-agent}
-spec: {nodeName: node-1, serviceAccountName: ambit-ztunnel, containers: [{name: a, image: x}]}
-status: {podIP: 10.0.0.2}
----
 apiVersion: v1
 kind: Pod
 metadata: {name: ztunnel-new, namespace: ambit-system, uid: uid-new}
@@ -56,11 +47,6 @@ spec: {gatewayClassName: ambit-waypoint}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: wp-7f9, namespace: shop, uid: uid-wp}
-spec: {nodeName: node-2, serviceAccountName: wp, containers: [{name: a, image: x}]}
----
-apiVersion: v1
-kind: Pod
 metadata: {name: cart, namespace: shop, uid: uid-cart}
 spec: {nodeName: node-1, serviceAccountName: cart, containers: [{name: a, image: x}]}
 status: {podIP: 10.244.1.5}
@@ -71,17 +57,6 @@ metadata: {name: db, namespace: shop, uid: uid-db}
 spec: {nodeName: node-2, serviceAccountName: db, containers: [{name: a, image: x}]}
 status: {podIP: 10.244.2.5}
 "#;
-
-/// What the API server says about a token: a TokenReview status.
-fn authenticated(user: &str, pod: Option<(&str, &str)>) -> Value {
-    let mut status = json!({"authenticated": true, "user": {"username": user}});
-    if let Some((name, uid)) = pod {
-        status["user"]["extra"] = json!({POD_NAME: [name], POD_UID: [uid]});
-    }
-    status
-}
-
-const AGENT: &str = "system:serviceaccount:ambit-system:ambit-ztunnel";
 
 struct Cluster {
     ca: CaService,
@@ -97,29 +72,9 @@ impl Cluster {
     /// unknown token: not authenticated) and fails with 500 for the token "api-down".
     fn start(tokens: &[(&str, Value)], audiences: &[&str]) -> Cluster {
         let (server, client) = ApiServer::start();
-        let tokens: HashMap<String, Value> = tokens
-            .iter()
-            .map(|(t, s)| (t.to_string(), s.clone()))
-            .collect();
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let seen = asked.clone();
-        server.on_create(REVIEWS, move |review| {
-            seen.lock()
-                .unwrap()
-                .push(review["spec"]["audiences"].clone());
-            let token = review["spec"]["token"].as_str().unwrap_or("");
-            if token == "api-down" {
-                return (StatusCode::INTERNAL_SERVER_ERROR, not_found("tokenreviews"));
-            }
-            let status = tokens.get(token).cloned().unwrap_or(json!({
-                "authenticated": false, "error": "token has expired"
-            }));
-            let mut answer = review.clone();
-            answer["status"] = status;
-            (StatusCode::CREATED, answer)
-        });
+        let asked = server.review_tokens(tokens);
         let mut state = ClusterState::new();
-        for o in parse_file(Path::new("cluster.yaml"), CLUSTER).objects {
+        for o in parse_file(Path::new("cluster.yaml"), &[CALLER_PODS, CLUSTER].concat()).objects {
             state.upsert(o);
         }
         let generation =

@@ -20,7 +20,7 @@ async fn snapshot_then_only_changes_then_removals() {
     ]
     .concat();
     let mesh = Mesh::start(&yaml).await;
-    let mut c = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    let mut c = Client::connect(&mesh, node_agent("node-1"), HashMap::new()).await;
     let first = c.sync().await;
     assert_eq!(
         first[type_url::WORKLOAD].resources.len(),
@@ -73,19 +73,13 @@ async fn authorizations_are_filtered_per_client() {
     ]
     .concat();
     let mesh = Mesh::start(&yaml).await;
-    let mut n1 = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    let mut n1 = Client::connect(&mesh, node_agent("node-1"), HashMap::new()).await;
     n1.sync().await;
     assert_eq!(
         n1.names(type_url::AUTHORIZATION),
         ["istio-system/mesh", "shop/cart-only"]
     );
-    let wp = api::Node {
-        id: "waypoint~shop~wp".into(),
-        role: api::NodeRole::Waypoint as i32,
-        waypoint: "shop/wp".into(),
-        ..Default::default()
-    };
-    let mut w = Client::connect(mesh.addr, wp, HashMap::new()).await;
+    let mut w = Client::connect(&mesh, waypoint("shop", "wp"), HashMap::new()).await;
     w.sync().await;
     assert_eq!(w.names(type_url::AUTHORIZATION), ["shop/at-waypoint"]);
 }
@@ -93,7 +87,7 @@ async fn authorizations_are_filtered_per_client() {
 #[tokio::test]
 async fn nothing_new_is_sent_until_the_last_response_is_answered_and_nack_keeps_state() {
     let mesh = Mesh::start(&[BASE, &pod("cart", "node-1", "10.244.1.5")].concat()).await;
-    let mut c = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    let mut c = Client::connect(&mesh, node_agent("node-1"), HashMap::new()).await;
     c.sync().await;
 
     mesh.publish(&[BASE, &pod("cart", "node-1", "10.244.1.6")].concat());
@@ -132,7 +126,7 @@ async fn nothing_new_is_sent_until_the_last_response_is_answered_and_nack_keeps_
 #[tokio::test]
 async fn a_rejected_config_is_not_offered_again_until_it_changes() {
     let mesh = Mesh::start(&[BASE, &pod("cart", "node-1", "10.244.1.5")].concat()).await;
-    let mut c = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    let mut c = Client::connect(&mesh, node_agent("node-1"), HashMap::new()).await;
     c.sync().await;
     mesh.publish(&[BASE, &pod("cart", "node-1", "10.244.1.6")].concat());
     let r = c.recv().await;
@@ -157,7 +151,7 @@ async fn a_reconnecting_client_gets_only_the_difference() {
     ]
     .concat();
     let mesh = Mesh::start(&yaml).await;
-    let mut c = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    let mut c = Client::connect(&mesh, node_agent("node-1"), HashMap::new()).await;
     c.sync().await;
     let held = c.held.clone();
     drop(c);
@@ -171,7 +165,7 @@ async fn a_reconnecting_client_gets_only_the_difference() {
         ]
         .concat(),
     );
-    let mut c = Client::connect(mesh.addr, node_agent("node-1"), held).await;
+    let mut c = Client::connect(&mesh, node_agent("node-1"), held).await;
     let got = c.sync().await;
     let w = &got[type_url::WORKLOAD];
     let mut sent = names(w);
@@ -190,9 +184,9 @@ async fn a_reconnecting_client_gets_only_the_difference() {
 #[tokio::test]
 async fn a_slow_client_does_not_hold_up_the_others() {
     let mesh = Mesh::start(&[BASE, &pod("cart", "node-1", "10.244.1.5")].concat()).await;
-    let mut slow = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    let mut slow = Client::connect(&mesh, node_agent("node-1"), HashMap::new()).await;
     slow.sync().await;
-    let mut fast = Client::connect(mesh.addr, node_agent("node-2"), HashMap::new()).await;
+    let mut fast = Client::connect(&mesh, node_agent("node-2"), HashMap::new()).await;
     fast.sync().await;
     // The slow client stops reading and answering; the fast one sees all 20 changes.
     for i in 10..30 {
@@ -216,9 +210,11 @@ async fn a_slow_client_does_not_hold_up_the_others() {
 #[tokio::test]
 async fn bad_first_requests_are_refused_clearly() {
     let mesh = Mesh::start(BASE).await;
+    let token = mesh.token(&caller_of(&node_agent("n")));
     let mut grpc = ConfigDiscoveryServiceClient::connect(format!("http://{}", mesh.addr))
         .await
         .unwrap();
+    // Authenticated, so what is wrong is the request (a mismatched node: push_auth.rs).
     for (req, want) in [
         (
             DeltaDiscoveryRequest {
@@ -226,17 +222,6 @@ async fn bad_first_requests_are_refused_clearly() {
                 ..Default::default()
             },
             "node",
-        ),
-        (
-            DeltaDiscoveryRequest {
-                node: Some(api::Node {
-                    role: api::NodeRole::NodeAgent as i32,
-                    ..Default::default()
-                }),
-                type_url: type_url::WORKLOAD.into(),
-                ..Default::default()
-            },
-            "node_name",
         ),
         (
             DeltaDiscoveryRequest {
@@ -249,7 +234,10 @@ async fn bad_first_requests_are_refused_clearly() {
     ] {
         let (tx, rx) = mpsc::channel(1);
         tx.send(req).await.unwrap();
-        let result = grpc.delta_config(ReceiverStream::new(rx)).await;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        let bearer = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        let result = grpc.delta_config(request).await;
         let status = match result {
             Err(s) => s,
             Ok(resp) => resp
@@ -265,7 +253,7 @@ async fn bad_first_requests_are_refused_clearly() {
 
 #[tokio::test]
 async fn a_waypoint_is_sent_its_routes_and_their_changes() {
-    let waypoint = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop, labels: {istio.io/use-waypoint: wp}}\nspec: {clusterIP: 10.96.0.30, ports: [{port: 9080}]}\n---\n";
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop, labels: {istio.io/use-waypoint: wp}}\nspec: {clusterIP: 10.96.0.30, ports: [{port: 9080}]}\n---\n";
     let route = |weight: u32| {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: reviews, namespace: shop}}\n\
@@ -273,13 +261,8 @@ async fn a_waypoint_is_sent_its_routes_and_their_changes() {
         )
     };
     let elsewhere = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: cart, namespace: shop}\nspec: {parentRefs: [{group: '', kind: Service, name: cart}], rules: [{backendRefs: [{name: cart, port: 80}]}]}\n---\n";
-    let mesh = Mesh::start(&[BASE, waypoint, &route(1), elsewhere].concat()).await;
-    let node = api::Node {
-        id: "waypoint~shop/wp".into(),
-        role: api::NodeRole::Waypoint as i32,
-        waypoint: "shop/wp".into(),
-        ..Default::default()
-    };
+    let mesh = Mesh::start(&[BASE, gateway, &route(1), elsewhere].concat()).await;
+    let node = waypoint("shop", "wp");
     let all = vec![
         type_url::WORKLOAD,
         type_url::SERVICE,
@@ -287,14 +270,14 @@ async fn a_waypoint_is_sent_its_routes_and_their_changes() {
         type_url::ROUTE,
         type_url::BACKEND_POLICY,
     ];
-    let mut wp = Client::connect_types(mesh.addr, node, HashMap::new(), all).await;
+    let mut wp = Client::connect_types(&mesh, node, HashMap::new(), all).await;
     let first = wp.sync().await;
     // Not the route of cart, which does not use this waypoint.
     assert_eq!(names(&first[type_url::ROUTE]), ["shop/reviews"]);
     assert!(first[type_url::BACKEND_POLICY].resources.is_empty());
 
     // A changed weight: that route, nothing else.
-    mesh.publish(&[BASE, waypoint, &route(5), elsewhere].concat());
+    mesh.publish(&[BASE, gateway, &route(5), elsewhere].concat());
     let r = wp.recv().await;
     assert_eq!(r.type_url, type_url::ROUTE);
     match &r.resources[0].kind {
@@ -305,7 +288,7 @@ async fn a_waypoint_is_sent_its_routes_and_their_changes() {
 
     // A node agent asking for routes holds none.
     let mut agent = Client::connect_types(
-        mesh.addr,
+        &mesh,
         node_agent("node-1"),
         HashMap::new(),
         vec![type_url::ROUTE],

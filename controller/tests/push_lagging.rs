@@ -37,7 +37,7 @@ async fn a_node_agents_policies_follow_its_workloads_and_policy_edits() {
         .concat(),
     )
     .await;
-    let mut c = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    let mut c = Client::connect(&mesh, node_agent("node-1"), HashMap::new()).await;
     c.sync().await;
     assert_eq!(c.names(type_url::AUTHORIZATION), ["shop/cart-only"]);
 
@@ -71,7 +71,7 @@ async fn a_client_generations_behind_gets_exactly_what_changed_since() {
         pod("db", "node-2", "10.244.2.5"),
     );
     let mesh = Mesh::start(&[BASE, &cart, &db].concat()).await;
-    let mut c = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    let mut c = Client::connect(&mesh, node_agent("node-1"), HashMap::new()).await;
     c.sync().await;
 
     let moved = pod("cart", "node-1", "10.244.1.6");
@@ -101,7 +101,7 @@ async fn a_client_generations_behind_gets_exactly_what_changed_since() {
 #[tokio::test]
 async fn a_type_idle_for_many_generations_still_gets_its_next_change() {
     let mesh = Mesh::start(&[BASE, &pod("cart", "node-1", "10.244.1.5")].concat()).await;
-    let mut c = Client::connect(mesh.addr, node_agent("node-1"), HashMap::new()).await;
+    let mut c = Client::connect(&mesh, node_agent("node-1"), HashMap::new()).await;
     c.sync().await;
     // More generations than the change history holds, none touching services.
     for i in 10..40 {

@@ -6,6 +6,7 @@ mod translate_common;
 use std::path::Path;
 use std::time::Instant;
 
+use ambit_controller::auth::Caller;
 use ambit_controller::push::Generation;
 use ambit_controller::push::interest::Interest;
 use ambit_controller::source::yaml::parse_file;
@@ -429,9 +430,11 @@ spec: {host: ratings, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
 #[test]
 fn each_waypoint_is_sent_its_own_routes_and_backend_policies() {
     let generation = Generation::empty().next(&snapshot(MESH), Instant::now());
-    let waypoint = |name: &str| Interest::Waypoint {
-        namespace: "shop".into(),
-        name: name.into(),
+    let waypoint = |name: &str| {
+        Interest::from(Caller::Waypoint {
+            namespace: "shop".into(),
+            name: name.into(),
+        })
     };
     let names = |who: &Interest, t: &str| -> Vec<String> {
         who.names(t, &generation)
@@ -456,9 +459,9 @@ fn each_waypoint_is_sent_its_own_routes_and_backend_policies() {
         ["shop/ratings"]
     );
     // Node agents proxy no HTTP.
-    let agent = Interest::NodeAgent {
+    let agent = Interest::from(Caller::NodeAgent {
         node: "node-1".into(),
-    };
+    });
     assert!(names(&agent, type_url::ROUTE).is_empty());
     assert!(names(&agent, type_url::BACKEND_POLICY).is_empty());
     assert_eq!(

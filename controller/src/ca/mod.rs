@@ -6,10 +6,8 @@
 //! scheduled" is read from the newest published config, so a pod deleted or moved stops being
 //! signable at once.
 
-pub mod auth;
 pub mod secret;
 pub mod store;
-pub mod token_review;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,45 +17,36 @@ use ambit_proto::Identity;
 use ambit_proto::api::certificate_service_server::CertificateService;
 use ambit_proto::api::{CreateCertificateRequest, CreateCertificateResponse};
 use ambit_proto::tls::authority::CertificateAuthority;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::info;
 
+use crate::auth::{Authenticator, Caller, Refusals};
 use crate::push::Generation;
-use auth::{Authenticator, Caller, bearer};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
-}
 
 #[derive(Clone)]
 pub struct CaMetrics {
     pub issued: Counter,
-    pub denied: Family<ReasonLabel, Counter>,
+    pub denied: Refusals,
 }
 
 impl CaMetrics {
     pub fn new(registry: &mut Registry) -> Self {
-        let m = CaMetrics {
-            issued: Counter::default(),
-            denied: Family::default(),
-        };
+        let issued = Counter::default();
         registry.register(
             "ca_certificates_issued",
             "Workload certificates signed",
-            m.issued.clone(),
+            issued.clone(),
         );
-        registry.register(
+        let denied = Refusals::register(
+            registry,
+            "certificate request",
             "ca_certificates_denied",
             "Certificate requests refused, by reason",
-            m.denied.clone(),
         );
-        m
+        CaMetrics { issued, denied }
     }
 }
 
@@ -87,15 +76,6 @@ impl CaService {
         }
     }
 
-    fn deny(&self, reason: &'static str, status: Status) -> Status {
-        self.metrics
-            .denied
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-        warn!(reason, "certificate request refused: {}", status.message());
-        status
-    }
-
     fn may_hold(&self, caller: &Caller, id: &Identity) -> bool {
         match caller {
             Caller::Waypoint { namespace, name } => {
@@ -116,19 +96,19 @@ impl CertificateService for CaService {
         &self,
         request: Request<CreateCertificateRequest>,
     ) -> Result<Response<CreateCertificateResponse>, Status> {
-        let authenticated = match bearer(request.metadata()) {
-            Ok(token) => self.auth.authenticate(token).await,
-            Err(e) => Err(e),
-        };
-        let caller = authenticated.map_err(|e| self.deny(e.reason(), e.status()))?;
+        let caller = (self.auth.caller(request.metadata()).await)
+            .map_err(|e| self.metrics.denied.unauthenticated(e))?;
         let req = request.into_inner();
-        let identity = Identity::from_str(&req.identity)
-            .map_err(|e| self.deny("bad_request", Status::invalid_argument(e.to_string())))?;
+        let identity = Identity::from_str(&req.identity).map_err(|e| {
+            self.metrics
+                .denied
+                .refuse("bad_request", Status::invalid_argument(e.to_string()))
+        })?;
         if !self.may_hold(&caller, &identity) {
-            return Err(self.deny(
+            return Err(self.metrics.denied.refuse(
                 "not_authorized",
                 Status::permission_denied(format!(
-                    "{caller:?} may not obtain {identity}: no such workload is scheduled on its node"
+                    "{caller} may not obtain {identity}: no such workload is scheduled on its node"
                 )),
             ));
         }
@@ -139,9 +119,13 @@ impl CertificateService for CaService {
         let chain = self
             .authority
             .sign_csr(&req.csr, &identity, ttl)
-            .map_err(|e| self.deny("bad_csr", Status::invalid_argument(e.to_string())))?;
+            .map_err(|e| {
+                self.metrics
+                    .denied
+                    .refuse("bad_csr", Status::invalid_argument(e.to_string()))
+            })?;
         self.metrics.issued.inc();
-        info!(%identity, ?caller, ttl_secs = ttl.as_secs(), "certificate issued");
+        info!(%identity, %caller, ttl_secs = ttl.as_secs(), "certificate issued");
         Ok(Response::new(CreateCertificateResponse {
             cert_chain: chain.iter().map(|c| pem_cert(c)).collect(),
             trust_roots: self.authority.roots().to_pem(),

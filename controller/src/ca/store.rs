@@ -13,7 +13,7 @@ use ambit_proto::tls::TlsError;
 use ambit_proto::tls::authority::CertificateAuthority;
 use tracing::info;
 
-use super::auth::write_private;
+use crate::auth::files::write_private;
 
 /// The files of the plug-in layout.
 pub const CA_CERT: &str = "ca-cert.pem";

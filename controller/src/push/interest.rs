@@ -1,5 +1,9 @@
 //! What each kind of client is sent.
 //!
+//! Who a client is comes from its token ([`crate::auth`]), checked before anything is sent; the
+//! node it names in its first request must agree, and never widens what it gets. So an agent is
+//! served as the node its token is bound to, and a waypoint only its own Gateway's resources.
+//!
 //! Workloads and services: everything, to node agents and waypoints alike. A destination can be
 //! any pod or service in the mesh, and knowing it ahead of the first connection keeps connection
 //! setup free of control-plane round trips. At 10k pods that is one shared, already-encoded copy
@@ -24,43 +28,81 @@ use tonic::Status;
 
 use super::resources::Generation;
 use super::subscription::Allowed;
+use crate::auth::Caller;
 
+/// What one authenticated caller is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Interest {
-    NodeAgent { node: String },
-    Waypoint { namespace: String, name: String },
+pub struct Interest(Caller);
+
+impl From<Caller> for Interest {
+    fn from(caller: Caller) -> Self {
+        Interest(caller)
+    }
+}
+
+/// A stream whose first request names another client than its token proves.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NodeError {
+    #[error("the first request must carry node")]
+    Missing,
+    #[error("the token is {caller}'s, but the request names {declared}")]
+    Mismatch { caller: Caller, declared: String },
+}
+
+impl NodeError {
+    /// The `reason` label of the refusal counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NodeError::Missing => "bad_request",
+            NodeError::Mismatch { .. } => "identity_mismatch",
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        match self {
+            NodeError::Missing => Status::invalid_argument(self.to_string()),
+            NodeError::Mismatch { .. } => Status::permission_denied(self.to_string()),
+        }
+    }
 }
 
 impl Interest {
-    pub fn from_node(node: &api::Node) -> Result<Self, Status> {
-        match api::NodeRole::try_from(node.role) {
-            Ok(api::NodeRole::NodeAgent) if !node.node_name.is_empty() => Ok(Interest::NodeAgent {
-                node: node.node_name.clone(),
-            }),
-            Ok(api::NodeRole::Waypoint) => match node.waypoint.split_once('/') {
-                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(Interest::Waypoint {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                }),
-                _ => Err(Status::invalid_argument(
-                    "a waypoint must name its Gateway as <namespace>/<name> in node.waypoint",
-                )),
-            },
-            Ok(api::NodeRole::NodeAgent) => Err(Status::invalid_argument(
-                "a node agent must set node.node_name",
-            )),
-            _ => Err(Status::invalid_argument(
-                "node.role must be NODE_AGENT or WAYPOINT",
-            )),
+    /// The interest of `caller`, whose stream names itself `declared`. The two must agree: the
+    /// token decides what is served, and a client that believes it is someone else (a waypoint
+    /// started for one Gateway with another's token) is told so rather than served another's
+    /// config.
+    pub fn of(caller: Caller, declared: Option<&api::Node>) -> Result<Self, NodeError> {
+        let declared = declared.ok_or(NodeError::Missing)?;
+        let agrees = match (&caller, api::NodeRole::try_from(declared.role)) {
+            (Caller::NodeAgent { node }, Ok(api::NodeRole::NodeAgent)) => {
+                declared.node_name == *node
+            }
+            (Caller::Waypoint { namespace, name }, Ok(api::NodeRole::Waypoint)) => {
+                declared.waypoint.split_once('/') == Some((namespace.as_str(), name.as_str()))
+            }
+            _ => false,
+        };
+        if !agrees {
+            let declared = match api::NodeRole::try_from(declared.role) {
+                Ok(api::NodeRole::NodeAgent) => format!("node-agent {:?}", declared.node_name),
+                Ok(api::NodeRole::Waypoint) => format!("waypoint {:?}", declared.waypoint),
+                _ => format!("role {}", declared.role),
+            };
+            return Err(NodeError::Mismatch { caller, declared });
         }
+        Ok(Interest(caller))
+    }
+
+    pub fn caller(&self) -> &Caller {
+        &self.0
     }
 
     /// The names of `type_url` this client should hold in `generation`; `None`: every resource
     /// of the type (workloads and services).
     pub fn names(&self, type_url: &str, generation: &Generation) -> Option<BTreeSet<String>> {
         let of = |t: &str| generation.resources(t).into_iter().flat_map(|r| r.iter());
-        Some(match (self, type_url) {
-            (Interest::NodeAgent { node }, type_url::AUTHORIZATION) => {
+        Some(match (&self.0, type_url) {
+            (Caller::NodeAgent { node }, type_url::AUTHORIZATION) => {
                 // Only this node's workloads (a few hundred), never the mesh's.
                 let local: Vec<&api::Workload> = generation.workloads_on(node).collect();
                 let namespaces: BTreeSet<&str> =
@@ -85,10 +127,10 @@ impl Interest {
                     .collect()
             }
             // Node agents do not proxy HTTP.
-            (Interest::NodeAgent { .. }, type_url::ROUTE | type_url::BACKEND_POLICY) => {
+            (Caller::NodeAgent { .. }, type_url::ROUTE | type_url::BACKEND_POLICY) => {
                 BTreeSet::new()
             }
-            (Interest::Waypoint { namespace, name }, type_url::AUTHORIZATION) => {
+            (Caller::Waypoint { namespace, name }, type_url::AUTHORIZATION) => {
                 let gateway = format!("Gateway/{namespace}/{name}");
                 let served: BTreeSet<String> = self
                     .served(generation)
@@ -107,11 +149,11 @@ impl Interest {
                     .map(|(name, _)| name.to_string())
                     .collect()
             }
-            (Interest::Waypoint { .. }, type_url::ROUTE) => self
+            (Caller::Waypoint { .. }, type_url::ROUTE) => self
                 .routes(generation)
                 .map(|(name, _)| name.to_string())
                 .collect(),
-            (Interest::Waypoint { .. }, type_url::BACKEND_POLICY) => {
+            (Caller::Waypoint { .. }, type_url::BACKEND_POLICY) => {
                 // The services it serves and every service its routes send to or mirror to.
                 let mut services: BTreeSet<(String, String)> = self
                     .served(generation)
@@ -152,7 +194,7 @@ impl Interest {
 
     /// The services (namespace, name) whose traffic goes through this waypoint.
     fn served(&self, generation: &Generation) -> BTreeSet<(String, String)> {
-        let Interest::Waypoint { namespace, name } = self else {
+        let Caller::Waypoint { namespace, name } = &self.0 else {
             return BTreeSet::new();
         };
         let host_prefix = format!("{name}.{namespace}.svc.");
@@ -171,12 +213,12 @@ impl Interest {
         &self,
         generation: &'g Generation,
     ) -> impl Iterator<Item = (&'g str, &'g api::Route)> + 'g {
-        let (gateway, served) = match self {
-            Interest::Waypoint { namespace, name } => (
+        let (gateway, served) = match &self.0 {
+            Caller::Waypoint { namespace, name } => (
                 Some((namespace.clone(), name.clone())),
                 self.served(generation),
             ),
-            Interest::NodeAgent { .. } => (None, BTreeSet::new()),
+            Caller::NodeAgent { .. } => (None, BTreeSet::new()),
         };
         generation
             .resources(type_url::ROUTE)
@@ -214,14 +256,14 @@ impl Interest {
     /// The types whose changes can change this client's filter for `type_url` (besides, for a
     /// node agent's policies, its node's workloads).
     fn inputs(&self, type_url: &str) -> &'static [&'static str] {
-        match (self, type_url) {
-            (Interest::NodeAgent { .. }, type_url::AUTHORIZATION) => &[type_url::AUTHORIZATION],
-            (Interest::NodeAgent { .. }, _) => &[],
-            (Interest::Waypoint { .. }, type_url::AUTHORIZATION) => {
+        match (&self.0, type_url) {
+            (Caller::NodeAgent { .. }, type_url::AUTHORIZATION) => &[type_url::AUTHORIZATION],
+            (Caller::NodeAgent { .. }, _) => &[],
+            (Caller::Waypoint { .. }, type_url::AUTHORIZATION) => {
                 &[type_url::SERVICE, type_url::AUTHORIZATION]
             }
-            (Interest::Waypoint { .. }, type_url::ROUTE) => &[type_url::SERVICE, type_url::ROUTE],
-            (Interest::Waypoint { .. }, _) => {
+            (Caller::Waypoint { .. }, type_url::ROUTE) => &[type_url::SERVICE, type_url::ROUTE],
+            (Caller::Waypoint { .. }, _) => {
                 &[type_url::SERVICE, type_url::ROUTE, type_url::BACKEND_POLICY]
             }
         }
@@ -243,8 +285,8 @@ impl Interest {
         ) {
             return None;
         }
-        let node = match self {
-            Interest::NodeAgent { node } if type_url == type_url::AUTHORIZATION => {
+        let node = match &self.0 {
+            Caller::NodeAgent { node } if type_url == type_url::AUTHORIZATION => {
                 generation.node_workloads(node).cloned()
             }
             _ => None,

@@ -1,4 +1,5 @@
-//! The `ConfigDiscoveryService` gRPC service: one task per client stream.
+//! The `ConfigDiscoveryService` gRPC service: one task per client stream, opened only for an
+//! authenticated node agent or waypoint.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use super::interest::{AllowedCache, Interest};
 use super::resources::{Generation, TYPES};
 use super::subscription::{Delta, Subscription};
 use super::wire::{ConfigDiscoveryService, DeltaResponse, ResponseStream};
+use crate::auth::{Authenticator, Refusals};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
@@ -33,6 +35,8 @@ pub struct PushMetrics {
     pub nacks: Family<TypeLabel, Counter>,
     /// Seconds from a config change to a client's ACK of it.
     pub push_latency: Histogram,
+    /// Streams refused before anything was sent: no or a bad token, or a mismatched node.
+    pub refused: Refusals,
 }
 
 impl PushMetrics {
@@ -42,6 +46,12 @@ impl PushMetrics {
             pushes: Family::default(),
             nacks: Family::default(),
             push_latency: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            refused: Refusals::register(
+                registry,
+                "config stream",
+                "xds_refused",
+                "Config streams refused, by reason",
+            ),
         };
         registry.register(
             "xds_connected_clients",
@@ -84,15 +94,23 @@ type Dumps = Arc<Mutex<BTreeMap<u64, (String, String, Subscriptions)>>>;
 #[derive(Clone)]
 pub struct ConfigServer {
     generations: watch::Receiver<Arc<Generation>>,
+    auth: Arc<dyn Authenticator>,
     metrics: PushMetrics,
     dumps: Dumps,
     next_stream: Arc<AtomicU64>,
 }
 
 impl ConfigServer {
-    pub fn new(generations: watch::Receiver<Arc<Generation>>, metrics: PushMetrics) -> Self {
+    /// Serves `generations` to the callers `auth` accepts (the CA's authenticator: one
+    /// credential for both services).
+    pub fn new(
+        generations: watch::Receiver<Arc<Generation>>,
+        auth: Arc<dyn Authenticator>,
+        metrics: PushMetrics,
+    ) -> Self {
         ConfigServer {
             generations,
+            auth,
             metrics,
             dumps: Dumps::default(),
             next_stream: Arc::default(),
@@ -130,27 +148,28 @@ impl ConfigServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        // Authenticated before the first message is even read: a stranger is told nothing.
+        let caller = (self.auth.caller(request.metadata()).await)
+            .map_err(|e| self.metrics.refused.unauthenticated(e))?;
         let mut inbound = request.into_inner();
         // The first message names the client; nothing is sent before it.
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let node = first
-            .node
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("the first request must carry node"))?;
-        let interest = Interest::from_node(&node)?;
+        let interest = Interest::of(caller, first.node.as_ref())
+            .map_err(|e| self.metrics.refused.refuse(e.reason(), e.status()))?;
+        let node = first.node.clone().unwrap_or_default();
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let subscriptions = Subscriptions::default();
-        let role = match &interest {
-            Interest::NodeAgent { node } => format!("node-agent {node}"),
-            Interest::Waypoint { namespace, name } => format!("waypoint {namespace}/{name}"),
-        };
-        self.dumps
-            .lock()
-            .expect("lock")
-            .insert(id, (node.id.clone(), role, subscriptions.clone()));
+        self.dumps.lock().expect("lock").insert(
+            id,
+            (
+                node.id.clone(),
+                interest.caller().to_string(),
+                subscriptions.clone(),
+            ),
+        );
         // Room for one response per type: there is never more than that in flight.
         let (tx, rx) = mpsc::channel(TYPES.len());
         let stream = ClientStream {
@@ -195,7 +214,7 @@ impl ClientStream {
         mut inbound: Streaming<DeltaDiscoveryRequest>,
     ) {
         self.metrics.connected.inc();
-        info!(role = ?self.interest, "config client connected");
+        info!(caller = %self.interest.caller(), "config client connected");
         let mut next = Some(first);
         loop {
             if let Some(req) = next.take()

@@ -1,7 +1,8 @@
 //! A scripted Kubernetes API server for tests (kube-rs's `tower-test` approach). It is the only
 //! fake: it plays the API server for a real `kube::Client` and answers any path. GETs get scripted
 //! replies in order, then empty lists; watch requests are handed to the test, which answers them
-//! with events or leaves them open (a quiet watch); POSTs (creates) go to a handler per path.
+//! with events or leaves them open (a quiet watch); POSTs (creates) go to a handler per path, such
+//! as the TokenReview script the authentication tests share (`review_tokens`).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -254,4 +255,66 @@ pub async fn wait<T>(rx: &mut watch::Receiver<T>, what: &str, done: impl FnMut(&
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         .expect("the sender is gone");
+}
+
+// ----- TokenReview -----
+
+pub const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// The node agents' ServiceAccount, as a TokenReview names it.
+pub const AGENT: &str = "system:serviceaccount:ambit-system:ambit-ztunnel";
+
+/// The pods the callers' tokens are bound to: the node agent's on node-1, waypoint shop/wp's.
+pub const CALLER_PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ztunnel-abc, namespace: ambit-system, uid: uid-agent}
+spec: {nodeName: node-1, serviceAccountName: ambit-ztunnel, containers: [{name: a, image: x}]}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wp-7f9, namespace: shop, uid: uid-wp}
+spec: {nodeName: node-2, serviceAccountName: wp, containers: [{name: a, image: x}]}
+---
+"#;
+
+/// What the API server says about a token: a TokenReview status naming `user`, bound to `pod`
+/// (name, uid) when given.
+pub fn authenticated(user: &str, pod: Option<(&str, &str)>) -> Value {
+    use ambit_controller::auth::token_review::{POD_NAME, POD_UID};
+    let mut status = json!({"authenticated": true, "user": {"username": user}});
+    if let Some((name, uid)) = pod {
+        status["user"]["extra"] = json!({POD_NAME: [name], POD_UID: [uid]});
+    }
+    status
+}
+
+impl ApiServer {
+    /// Answers TokenReviews from `tokens` (token -> review status; any other token has expired),
+    /// and fails with 500 for the token "api-down". Returns the audiences of every review posted.
+    pub fn review_tokens(&self, tokens: &[(&str, Value)]) -> Arc<Mutex<Vec<Value>>> {
+        let tokens: HashMap<String, Value> = tokens
+            .iter()
+            .map(|(t, s)| (t.to_string(), s.clone()))
+            .collect();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        self.on_create(REVIEWS, move |review| {
+            seen.lock()
+                .unwrap()
+                .push(review["spec"]["audiences"].clone());
+            let token = review["spec"]["token"].as_str().unwrap_or("");
+            if token == "api-down" {
+                return (StatusCode::INTERNAL_SERVER_ERROR, not_found("tokenreviews"));
+            }
+            let status = tokens.get(token).cloned().unwrap_or(json!({
+                "authenticated": false, "error": "token has expired"
+            }));
+            let mut answer = review.clone();
+            answer["status"] = status;
+            (StatusCode::CREATED, answer)
+        });
+        asked
+    }
 }

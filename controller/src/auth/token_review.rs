@@ -1,4 +1,4 @@
-//! Kubernetes authentication for the CA, as Istio does it.
+//! Kubernetes authentication for the config stream and the CA, as Istio does it.
 //!
 //! A caller presents its ServiceAccount token. The controller asks the API server about it
 //! (`authentication.k8s.io/v1` TokenReview, with the configured audiences), then:
@@ -6,8 +6,8 @@
 //!   agent, and its node is the `spec.nodeName` of the pod the token is bound to
 //!   (`user.extra["authentication.kubernetes.io/pod-name"]` and `pod-uid`, set by the API server
 //!   for projected tokens), looked up in the controller's current cluster state;
-//! - a ServiceAccount named like a waypoint `Gateway` in its own namespace is that waypoint, and
-//!   may obtain only its own identity;
+//! - a ServiceAccount named like a waypoint `Gateway` in its own namespace is that waypoint (it is
+//!   served that Gateway's config and may obtain only its own identity);
 //! - anyone else is refused.
 //!
 //! The pod must exist with the token's uid and run as the token's account: a token of a deleted
@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
-use super::auth::{AuthError, Authenticator, Caller};
+use super::{AuthError, Authenticator, Caller};
 use crate::model::{self, ClusterState, Kind, Object, ObjectRef};
 use crate::translate::waypoint;
 
