@@ -23,8 +23,10 @@ use crate::cmd::ztunnel_config::Section;
 pub const AGENT_SELECTOR: &str = "app=ambit-ztunnel";
 /// The agent's admin port (`--admin-addr`, default 127.0.0.1:15000).
 pub const ADMIN_PORT: u16 = 15000;
-/// Bound on one dump read, so a wedged port-forward fails instead of hanging the command.
+/// Bound on one dump read over an open stream, so a wedged agent fails instead of hanging.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on a whole dump: the port-forward's setup, then the read.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -103,6 +105,22 @@ pub async fn config_dump(client: &kube::Client, agent: &AgentPod) -> Result<Valu
         "the agent on {} (pod {NAMESPACE}/{})",
         agent.node, agent.pod
     );
+    // Bounded as a whole: a port-forward the API server accepts but never completes must fail.
+    tokio::time::timeout(DUMP_TIMEOUT, forwarded_dump(client, agent, &what))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClusterError::Agent {
+                what: what.clone(),
+                reason: format!("no config dump within {DUMP_TIMEOUT:?}"),
+            })
+        })
+}
+
+async fn forwarded_dump(
+    client: &kube::Client,
+    agent: &AgentPod,
+    what: &str,
+) -> Result<Value, ClusterError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let mut forward = pods
         .portforward(&agent.pod, &[ADMIN_PORT])
@@ -110,16 +128,37 @@ pub async fn config_dump(client: &kube::Client, agent: &AgentPod) -> Result<Valu
         .map_err(|e| ClusterError::api(format!("port-forward to {what}"), e))?;
     let stream = forward.take_stream(ADMIN_PORT).expect("the port asked for");
     let refused = forward.take_error(ADMIN_PORT).expect("the port asked for");
-    // The kubelet reports a port it cannot reach on the error channel, not on the stream.
+    // The kubelet reports a port it cannot reach on the error channel, then closes the stream:
+    // a failed read is explained by that report when there is one.
     let failed = |reason: String| ClusterError::Agent {
-        what: what.clone(),
+        what: what.to_owned(),
         reason,
     };
-    let fetched = tokio::select! {
-        fetched = fetch(stream, "/config_dump") => {
-            fetched.map_err(|e| failed(format!("reading its config dump: {e}")))
+    let refusal = |message: String| failed(format!("port-forward to {ADMIN_PORT}: {message}"));
+    let mut refused = std::pin::pin!(refused);
+    let mut dumped = std::pin::pin!(fetch(stream, "/config_dump"));
+    // None until the error channel resolves; Some(None) once it closed without a report.
+    let mut report: Option<Option<String>> = None;
+    let fetched = loop {
+        tokio::select! {
+            biased;
+            message = &mut refused, if report.is_none() => match message {
+                Some(message) => break Err(refusal(message)),
+                None => report = Some(None),
+            },
+            answer = &mut dumped => match answer {
+                Ok(answer) => break Ok(answer),
+                Err(e) => {
+                    if report.is_none()
+                        && let Ok(Some(message)) =
+                            tokio::time::timeout(Duration::from_secs(1), &mut refused).await
+                    {
+                        break Err(refusal(message));
+                    }
+                    break Err(failed(format!("reading its config dump: {e}")));
+                }
+            },
         }
-        Some(message) = refused => Err(failed(format!("port-forward to {ADMIN_PORT}: {message}"))),
     };
     forward.abort();
     let (status, body) = fetched?;

@@ -14,8 +14,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Message, Role};
 
 /// What a forwarded port reaches: called once per port-forward with the request's path (which
-/// names the pod) and the pod's end of the stream.
-pub type Backend = std::sync::Arc<dyn Fn(&str, DuplexStream) + Send + Sync>;
+/// names the pod) and the pod's end of the stream; an error is what the kubelet reports on the
+/// port's error channel when it cannot connect.
+pub type Backend = std::sync::Arc<dyn Fn(&str, DuplexStream) -> Result<(), String> + Send + Sync>;
 
 /// Answers the upgrade request `parts` (as the kube client sent it) for `port`.
 pub async fn upgrade(
@@ -88,7 +89,18 @@ where
             .unwrap();
     }
     let (ours, pods) = tokio::io::duplex(64 * 1024);
-    backend(path, pods);
+    if let Err(message) = backend(path, pods) {
+        let mut frame = vec![1];
+        frame.extend_from_slice(message.as_bytes());
+        let _ = sink.send(Message::binary(frame)).await;
+        // The port is unusable; the connection stays until the client ends it.
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+        return;
+    }
     let (mut from_pod, mut to_pod) = tokio::io::split(ours);
     let up = async move {
         while let Some(Ok(message)) = stream.next().await {

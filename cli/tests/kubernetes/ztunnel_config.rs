@@ -143,7 +143,8 @@ fn cluster() -> (kube::Client, crate::server::Calls) {
             } else {
                 "node-b"
             };
-            admin_server(stream, dump(node).to_string())
+            admin_server(stream, dump(node).to_string());
+            Ok(())
         }),
     )
 }
@@ -203,4 +204,23 @@ async fn workloads_come_from_one_agent_and_json_is_the_raw_section() {
         .filter(|c| c.path().ends_with("/portforward"))
         .count();
     assert_eq!(forwards, 1);
+}
+
+#[tokio::test]
+async fn an_agent_the_kubelet_cannot_reach_is_named_with_the_kubelets_reason() {
+    let pods = pod_list(vec![agent_pod("ambit-ztunnel-a", "node-a", "Running")]);
+    let (client, _) = serve_forwarding(
+        move |_| (200, pods.clone()),
+        Arc::new(|_, _| {
+            Err("error forwarding port 15000 to pod 1f2e: connection refused".to_owned())
+        }),
+    );
+    let err = agents::dumps(&client, Section::Policies, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the agent on node-a (pod ambit-system/ambit-ztunnel-a): port-forward to 15000: error \
+         forwarding port 15000 to pod 1f2e: connection refused"
+    );
 }
