@@ -31,7 +31,8 @@ pub const METRICS_PORT: i32 = 15020;
 const TOKEN_DIR: &str = "/var/run/secrets/ambit";
 const ROOT_DIR: &str = "/etc/ambit/root";
 const ROOT_KEY: &str = "root-cert.pem";
-/// Projected tokens are rotated by the kubelet at 80% of this; the CA only needs one at a time.
+/// Projected tokens are rotated by the kubelet at 80% of this; the waypoint re-reads the file for
+/// every certificate request and config stream, so it only ever needs the current one.
 const TOKEN_SECONDS: i64 = 3600;
 
 /// What every waypoint shares: how it is run and how it reaches the controller.
