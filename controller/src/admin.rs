@@ -1,14 +1,13 @@
-//! The admin endpoints: readiness, Prometheus metrics, and a debug dump of what the controller
-//! serves and what each client holds. Served on their own single-threaded runtime (see `app`), so
-//! a busy control plane never starves a health check.
+//! The controller's own admin endpoint, `/debug/config_dump` (what it serves and what each client
+//! holds), and its readiness. Readiness, metrics and the log level are `ambit_runtime::admin`'s,
+//! served with this on their own single-threaded runtime (see `app`), so a busy control plane
+//! never starves a health check.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::Json;
 use axum::routing::get;
-use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -17,7 +16,6 @@ use crate::source::standalone::LoadReport;
 
 #[derive(Clone)]
 pub struct AdminState {
-    pub registry: Arc<Mutex<Registry>>,
     pub generations: watch::Receiver<Arc<Generation>>,
     pub source_ready: watch::Receiver<bool>,
     pub reports: watch::Receiver<LoadReport>,
@@ -25,46 +23,18 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// Ready once the source's first full state has been translated (the pipeline does not
-    /// translate before the source is ready).
-    pub fn is_ready(&self) -> bool {
-        *self.source_ready.borrow() && self.generations.borrow().number > 0
+    /// Why the controller is not ready (`None`: ready): once the source's first full state has
+    /// been translated (the pipeline does not translate before the source is ready).
+    pub fn not_ready_because(&self) -> Option<String> {
+        let ready = *self.source_ready.borrow() && self.generations.borrow().number > 0;
+        (!ready).then(|| "config not loaded yet".to_string())
     }
 }
 
 pub fn router(state: AdminState) -> axum::Router {
     axum::Router::new()
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .route("/debug/config_dump", get(config_dump))
         .with_state(state)
-}
-
-async fn ready(State(s): State<AdminState>) -> Response {
-    if s.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: config not loaded yet\n",
-        )
-            .into_response()
-    }
-}
-
-async fn metrics(State(s): State<AdminState>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry.lock().expect("lock")) {
-        Ok(()) => (
-            [(
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
 }
 
 #[derive(Serialize)]

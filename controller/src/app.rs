@@ -2,12 +2,13 @@
 //! the leader election and the waypoint reconciler it gates.
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_proto::api::certificate_service_server::CertificateServiceServer;
 use ambit_proto::tls::authority::CertificateAuthority;
+use ambit_runtime::admin::Admin;
+use ambit_runtime::process::{SetLogLevel, Shutdown};
 use anyhow::Context;
 use kube::Api;
 use prometheus_client::registry::Registry;
@@ -32,7 +33,8 @@ use crate::translate::waypoint;
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    set_log_level: SetLogLevel,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     // Shutdown has several listeners on Kubernetes (the gRPC server, the leader election).
     let (stop_tx, stop) = watch::channel(false);
@@ -98,30 +100,28 @@ pub async fn run(
     );
 
     let admin_state = AdminState {
-        registry: Arc::new(Mutex::new(registry)),
         generations,
         source_ready,
         reports,
         config_server: config_server.clone(),
     };
-    let admin_listener = std::net::TcpListener::bind(config.admin_addr)
-        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
-    admin_listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("admin runtime");
-            rt.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(admin_listener).expect("admin listener");
-                if let Err(e) = axum::serve(listener, admin::router(admin_state)).await {
-                    warn!("admin server stopped: {e}");
-                }
-            });
-        })?;
+    let ready_state = admin_state.clone();
+    let common = Admin::new(
+        registry,
+        Arc::new(move || ready_state.not_ready_because()),
+        set_log_level,
+    );
+    // The log level may be changed only where only this host can ask: on Kubernetes the admin
+    // port is on the pod's address, for the kubelet's probes.
+    let base = if config.admin_addr.ip().is_loopback() {
+        common.local_router()
+    } else {
+        common.read_only_router()
+    };
+    ambit_runtime::admin::spawn(vec![(
+        config.admin_addr,
+        base.merge(admin::router(admin_state)),
+    )])?;
 
     let server_configs = own_certificate(&config, authority)?;
     let listener = tokio::net::TcpListener::bind(config.grpc_addr)

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ambit_proto::Identity;
+use ambit_runtime::process::Validate;
 use clap::Parser;
 
 use crate::auth::token_review::ServiceAccountName;
@@ -110,9 +111,9 @@ pub const DEFAULT_WAYPOINT_IMAGE: &str = concat!(
 
 pub use ambit_proto::settings::parse_duration;
 
-impl Config {
+impl Validate for Config {
     /// Cross-field checks. Returns every problem, not just the first.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+    fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
         match (&self.manifests, self.kubernetes) {
             (None, false) => {
@@ -158,7 +159,9 @@ impl Config {
             Err(errors)
         }
     }
+}
 
+impl Config {
     /// The waypoint and leader-election settings, which only Kubernetes mode uses.
     fn validate_kubernetes(&self, errors: &mut Vec<String>) {
         if self.waypoint_image.trim().is_empty() {

@@ -43,10 +43,17 @@ struct Controller {
 
 impl Controller {
     fn start() -> Controller {
+        Controller::start_with_admin(free_port())
+    }
+
+    /// With the admin server on `admin` (a port on 127.0.0.1; the same port on every address for
+    /// an unspecified IP, reached through 127.0.0.1).
+    fn start_with_admin(bind: SocketAddr) -> Controller {
         let manifests = tempfile::tempdir().unwrap();
         std::fs::write(manifests.path().join("mesh.yaml"), MANIFEST).unwrap();
         let data = tempfile::tempdir().unwrap();
-        let (grpc, admin) = (free_port(), free_port());
+        let grpc = free_port();
+        let admin = SocketAddr::from(([127, 0, 0, 1], bind.port()));
         let child = Command::new(env!("CARGO_BIN_EXE_ambit-controller"))
             .arg("--manifests")
             .arg(manifests.path())
@@ -55,7 +62,7 @@ impl Controller {
             .arg("--grpc-addr")
             .arg(grpc.to_string())
             .arg("--admin-addr")
-            .arg(admin.to_string())
+            .arg(bind.to_string())
             .arg("--reload-interval")
             .arg("50ms")
             .env("RUST_LOG", "info")
@@ -73,8 +80,12 @@ impl Controller {
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
+        self.request("GET", path).await
+    }
+
+    async fn request(&self, method: &str, path: &str) -> (u16, String) {
         let mut s = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+        s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let mut out = String::new();
@@ -195,6 +206,26 @@ async fn standalone_controller_serves_config_and_certificates_over_tls() {
 }
 
 #[tokio::test]
+async fn the_log_level_changes_only_through_an_admin_port_on_localhost() {
+    within(async {
+        let local = Controller::start();
+        local.wait_ready().await;
+        assert_eq!(local.request("POST", "/logging?level=debug").await.0, 200);
+        assert_eq!(local.get("/logging").await.1, "debug\n");
+
+        // On every address (as on Kubernetes, for the kubelet): probes and metrics, nothing that
+        // changes the process.
+        let open =
+            Controller::start_with_admin(SocketAddr::from(([0, 0, 0, 0], free_port().port())));
+        open.wait_ready().await;
+        assert_eq!(open.get("/healthz/ready").await.0, 200);
+        assert_eq!(open.get("/metrics").await.0, 200);
+        assert_eq!(open.request("POST", "/logging?level=debug").await.0, 404);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn sigterm_stops_the_controller_cleanly() {
     within(async {
         let mut c = Controller::start();
@@ -229,4 +260,10 @@ fn bad_flags_exit_64_listing_every_problem() {
         err.contains("not a directory") && err.contains("--cert-ttl"),
         "{err}"
     );
+    // A value clap cannot parse is a bad setting like any other.
+    let out = Command::new(env!("CARGO_BIN_EXE_ambit-controller"))
+        .args(["--manifests", "/tmp", "--grpc-addr", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
 }

@@ -1,8 +1,10 @@
-//! The admin server every proxy runs. On localhost (`--admin-addr`): readiness, metrics, the
-//! runtime log level (mutating, hence local only) and whatever the binary adds (its config
-//! dump). On `--metrics-addr`, for scrapers and probes: `/metrics` and `/healthz/ready` only.
-//! Both are served from one thread with its own current-thread runtime, so a saturated data
-//! plane never fails a health check.
+//! The admin server every binary runs, served from one thread with its own current-thread
+//! runtime, so a saturated data plane never fails a health check.
+//!
+//! A proxy's: on localhost (`--admin-addr`), readiness, metrics, the runtime log level (mutating,
+//! hence local only) and whatever the binary adds (its config dump); on `--metrics-addr`, for
+//! scrapers and probes, `/metrics` and `/healthz/ready` only. The controller's admin port is
+//! reachable from its pod's network, so it serves the read-only routes and its own.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -55,13 +57,21 @@ impl Admin {
             .with_state(self.clone())
     }
 
-    /// The public routes plus `/ready` and `/logging`; merge the binary's own routes into it.
-    pub fn local_router(&self) -> Router {
+    /// The public routes plus `/ready`: nothing that changes the process, for an admin port that
+    /// may be bound beyond localhost (the controller's, on its pod address for the kubelet).
+    pub fn read_only_router(&self) -> Router {
         Router::new()
             .route("/ready", get(ready))
-            .route("/logging", get(get_logging).post(set_logging))
             .with_state(self.clone())
             .merge(self.public_router())
+    }
+
+    /// The read-only routes plus `/logging`; merge the binary's own routes into it.
+    pub fn local_router(&self) -> Router {
+        Router::new()
+            .route("/logging", get(get_logging).post(set_logging))
+            .with_state(self.clone())
+            .merge(self.read_only_router())
     }
 }
 

@@ -1,5 +1,6 @@
-//! `main` for a proxy binary: flags (every problem reported, exit 64), logging whose level can
-//! change at run time, the multi-threaded data-plane runtime, and SIGTERM/Ctrl-C as shutdown.
+//! `main` for every binary (controller, node agent, waypoint): flags (every problem reported, exit
+//! 64), logging whose level can change at run time, the multi-threaded runtime, and SIGTERM/Ctrl-C
+//! as shutdown.
 
 use std::future::Future;
 use std::pin::Pin;
