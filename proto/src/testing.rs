@@ -79,9 +79,9 @@ async fn dial_and_relay(dialer: &Dialer, authority: SocketAddr, tunnel: Incoming
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("upstream connect failed: {e}"),
         ),
-        Ok(mut upstream) => {
-            if let Ok(mut stream) = tunnel.accept() {
-                let _ = relay(&mut stream, &mut upstream).await;
+        Ok(upstream) => {
+            if let Ok(stream) = tunnel.accept() {
+                let _ = relay(stream, upstream).await;
             }
         }
     }

@@ -99,7 +99,7 @@ impl Setup {
             let (tcp, _) = listener.accept().await?;
             let mut tls = acceptor.accept(tcp).await?;
             let mut up = TcpStream::connect(upstream).await?;
-            ambit_proto::relay::relay(&mut tls, &mut up).await?;
+            ambit_proto::relay::relay(ambit_proto::relay::Io(&mut tls), &mut up).await?;
             anyhow::Ok(())
         });
         let config = Arc::new(self.source.client_config(&[self.server.identity().clone()]));

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use ambit_proto::relay::Endpoint;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
@@ -102,6 +103,32 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// The replayed bytes are the first chunk; the rest is the inner stream's.
+impl<S: Endpoint> Endpoint for Prefixed<S> {
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.prefix.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.prefix))));
+        }
+        self.inner.poll_chunk(cx, buf)
+    }
+
+    fn poll_send(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>> {
+        self.inner.poll_send(cx, chunk)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Endpoint::poll_flush(&mut self.inner, cx)
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_finish(cx)
     }
 }
 

@@ -8,8 +8,7 @@ use std::time::Instant;
 use ambit_proto::api::LoadBalancer;
 use ambit_proto::authz::{self, Attributes};
 use ambit_proto::drain;
-use ambit_proto::relay::{RelayEnd, Transferred, relay_with};
-use tokio::io::{AsyncRead, AsyncWrite};
+use ambit_proto::relay::{self, RelayEnd, Transferred, relay_with};
 use tracing::info;
 
 use super::{Context, Downstream, upstream};
@@ -18,7 +17,7 @@ use crate::state::{self, Endpoint, Target};
 
 pub async fn proxy<S>(ctx: &Context, down: Downstream, client: S, drain: drain::Watch)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: relay::Endpoint + Send,
 {
     let start = Instant::now();
     let state = ctx.config.current();

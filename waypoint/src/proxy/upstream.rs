@@ -14,6 +14,8 @@ use std::sync::Mutex;
 use std::task::{Context as TaskContext, Poll};
 
 use ambit_proto::hbone::{ConnectRequest, H2Stream, HboneError};
+use ambit_proto::relay;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -258,6 +260,41 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Hbone(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opaque TCP relays through the tunnel without copying (see `ambit_proto::relay`).
+impl relay::Endpoint for Transport {
+    fn poll_chunk(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        match self {
+            Transport::Hbone(s) => s.poll_chunk(cx, buf),
+            Transport::Tcp(s) => s.poll_chunk(cx, buf),
+        }
+    }
+
+    fn poll_send(&mut self, cx: &mut TaskContext<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Hbone(s) => s.poll_send(cx, chunk),
+            Transport::Tcp(s) => s.poll_send(cx, chunk),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Hbone(s) => relay::Endpoint::poll_flush(s, cx),
+            Transport::Tcp(s) => relay::Endpoint::poll_flush(s, cx),
+        }
+    }
+
+    fn poll_finish(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Hbone(s) => s.poll_finish(cx),
+            Transport::Tcp(s) => s.poll_finish(cx),
         }
     }
 }

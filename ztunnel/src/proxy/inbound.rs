@@ -8,10 +8,9 @@ use std::sync::Arc;
 use ambit_proto::Identity;
 use ambit_proto::api::MtlsMode;
 use ambit_proto::hbone::{self, HboneError, InboundRequest, IncomingTunnel};
-use ambit_proto::relay::relay_with;
+use ambit_proto::relay::{Endpoint, relay_with};
 use http::StatusCode;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -32,7 +31,7 @@ pub struct LocalDelivery {
 /// How the client is answered once the decision is made: a plain TCP connection is simply
 /// closed on refusal, an HBONE tunnel gets a status.
 pub trait Downstream: Send {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send;
+    type Stream: Endpoint + Send;
     fn accept(self) -> Option<Self::Stream>;
     fn refuse(self, status: StatusCode, reason: &str);
 }
