@@ -12,6 +12,7 @@ use tokio_rustls::TlsConnector;
 use tracing::{Instrument, debug, debug_span};
 
 use super::pool::{Connection, Pool, PoolKey};
+use super::socket::BufferedSocket;
 use super::{
     DEFAULT_CONNECT_TIMEOUT, H2Stream, HANDSHAKE_TIMEOUT, HboneError, Http2Settings, REASON_HEADER,
     format_forwarded_for,
@@ -173,7 +174,7 @@ impl Client {
             let server_name = ServerName::IpAddress(addr.ip().into());
             let tls = tokio::time::timeout(
                 settings.handshake_timeout,
-                connector.connect(server_name, tcp),
+                connector.connect(server_name, BufferedSocket::new(tcp)),
             )
             .await
             .map_err(|_| HboneError::HandshakeTimeout)?
@@ -189,6 +190,9 @@ impl Client {
                 .await?;
             let closed = Arc::new(AtomicBool::new(false));
             let flag = closed.clone();
+            // The pooled connection outlives the tunnel that opened it and serves others: it gets
+            // a span of its own rather than the first caller's (debug level: it runs every frame).
+            let span = debug_span!(parent: None, "hbone_connection", peer = %addr, src = %req.source.identity());
             tokio::spawn(
                 async move {
                     if let Err(e) = connection.await {
@@ -196,7 +200,7 @@ impl Client {
                     }
                     flag.store(true, Ordering::Release);
                 }
-                .in_current_span(),
+                .instrument(span),
             );
             debug!("connected");
             Ok(Connection::new(send, closed, self.pool.max_streams()))

@@ -19,8 +19,9 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
+use super::socket::BufferedSocket;
 use super::{
     H2Stream, HANDSHAKE_TIMEOUT, HboneError, Http2Settings, REASON_HEADER, parse_forwarded_for,
 };
@@ -187,7 +188,9 @@ impl<C: ServerCertificates, H: Handler> Server<C, H> {
                 settings: settings.clone(),
                 drain: drain.clone(),
             };
-            let span = info_span!("hbone_inbound", peer = %peer, peer_id = tracing::field::Empty);
+            // Debug level, like everything logged in it: this task runs every frame of every
+            // tunnel on the connection, and an enabled span costs an enter and exit per poll.
+            let span = debug_span!("hbone_inbound", peer = %peer, peer_id = tracing::field::Empty);
             tokio::spawn(
                 async move {
                     if let Err(e) = conn.serve(tcp, peer).await {
@@ -221,7 +224,7 @@ impl<C: ServerCertificates, H: Handler> ConnectionTask<C, H> {
         let handshake = async {
             let config = self.certs.server_config(local).await?;
             let tls = TlsAcceptor::from(config)
-                .accept(tcp)
+                .accept(BufferedSocket::new(tcp))
                 .await
                 .map_err(|source| HboneError::Handshake { addr: peer, source })?;
             let identity = peer_identity(tls.get_ref().1)?;
@@ -261,13 +264,12 @@ impl<C: ServerCertificates, H: Handler> ConnectionTask<C, H> {
             let handler = self.handler.clone();
             let base = (identity.clone(), peer, local);
             let watch = self.drain.clone();
-            tokio::spawn(
-                async move {
-                    dispatch(handler, base, request, respond).await;
-                    drop(watch);
-                }
-                .in_current_span(),
-            );
+            // Outside this connection's span: the handler opens the tunnel's own, with the peer's
+            // identity in it, and one span per poll is cheaper than three nested.
+            tokio::spawn(async move {
+                dispatch(handler, base, request, respond).await;
+                drop(watch);
+            });
         }
         Ok(())
     }
@@ -307,6 +309,5 @@ async fn dispatch<H: Handler>(
         forwarded_for,
         headers: parts.headers,
     };
-    let span = info_span!("tunnel", dst = %authority);
-    handler.handle(req, tunnel).instrument(span).await;
+    handler.handle(req, tunnel).await;
 }
