@@ -1,7 +1,8 @@
 //! Leader election against the in-memory API server (`k8s_fake`): a free Lease is taken and
 //! renewed, a fresh Lease of another holder is left alone and an expired one taken over, the
 //! Lease is released on shutdown, and a leader that loses its Lease stops leading, which stops
-//! the waypoint reconciler. Timings are shortened (1s lease) so the tests run in seconds.
+//! the waypoint reconciler; two replicas hand the waypoints over when the leader stops. Timings
+//! are shortened (1s lease) so the tests run in seconds.
 
 mod k8s_fake;
 
@@ -212,12 +213,10 @@ async fn a_leader_whose_lease_was_taken_or_who_cannot_renew_stops_leading() {
     );
 }
 
-#[tokio::test]
-async fn losing_leadership_stops_the_reconciler() {
-    let (fake, client) = FakeApi::start();
-    let mut a = Candidate::start(client.clone(), "pod-a");
+/// A waypoint reconciler that deploys `example.com/waypoint:<tag>`.
+fn reconciler(client: kube::Client, tag: &str) -> Reconciler {
     let settings = WaypointSettings {
-        image: "example.com/waypoint:test".into(),
+        image: format!("example.com/waypoint:{tag}"),
         trust_domain: "cluster.local".into(),
         cluster_domain: "cluster.local".into(),
         controller_namespace: NS.into(),
@@ -225,7 +224,14 @@ async fn losing_leadership_stops_the_reconciler() {
         root_cert_pem: "PEM".into(),
     };
     let addr = ControllerAddress::Fixed("10.0.0.1:15012".parse().unwrap());
-    tokio::spawn(Reconciler::new(client, settings, addr).run(a.leading.clone()));
+    Reconciler::new(client, settings, addr)
+}
+
+#[tokio::test]
+async fn losing_leadership_stops_the_reconciler() {
+    let (fake, client) = FakeApi::start();
+    let mut a = Candidate::start(client.clone(), "pod-a");
+    tokio::spawn(reconciler(client, "test").run(a.leading.clone()));
     let gateway = |name: &str| {
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
                "metadata": {"name": name, "namespace": "shop"},
@@ -269,4 +275,57 @@ async fn losing_leadership_stops_the_reconciler() {
         f.get(DEPLOYMENTS, "shop", "second").is_some()
     })
     .await;
+}
+
+#[tokio::test]
+async fn two_replicas_hand_the_waypoints_over_and_only_the_leader_writes() {
+    let (fake, client) = FakeApi::start();
+    // Each replica deploys its own image, so every Deployment says which replica wrote it.
+    let replica = |identity: &str| {
+        let candidate = Candidate::start(client.clone(), identity);
+        tokio::spawn(reconciler(client.clone(), identity).run(candidate.leading.clone()));
+        candidate
+    };
+    let image = |f: &FakeApi, name: &str| {
+        f.get(DEPLOYMENTS, "shop", name).map(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+    };
+    let gateway = |name: &str| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": name, "namespace": "shop"},
+               "spec": {"gatewayClassName": "ambit-waypoint"}})
+    };
+
+    let mut a = replica("pod-a");
+    a.until_leading(true).await;
+    let mut b = replica("pod-b");
+    fake.put(GATEWAYS, gateway("first"));
+    fake.wait_for("pod-a deploys", |f| image(f, "first").is_some())
+        .await;
+    // pod-b, not leading, leaves pod-a's Deployment alone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!*b.leading.borrow());
+    assert_eq!(
+        image(&fake, "first").as_deref(),
+        Some("example.com/waypoint:pod-a")
+    );
+
+    // pod-a stops (a rolling update): it releases the Lease, pod-b takes over at once and
+    // reconciles every Gateway, the existing one and one created during the hand-over.
+    fake.put(GATEWAYS, gateway("second"));
+    a.shut_down().await;
+    tokio::time::timeout(Duration::from_millis(700), b.until_leading(true))
+        .await
+        .expect("pod-b took over at once");
+    fake.wait_for("pod-b owns both waypoints", |f| {
+        image(f, "first").as_deref() == Some("example.com/waypoint:pod-b")
+            && image(f, "second").as_deref() == Some("example.com/waypoint:pod-b")
+    })
+    .await;
+    assert_eq!(lease(&fake)["spec"]["holderIdentity"], "pod-b");
+    b.shut_down().await;
 }
