@@ -22,6 +22,8 @@ const GATEWAY_API: &str = "install the Gateway API CRDs v1.2+ (standard channel;
     HTTPRoute retries): \
     kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.2.1/standard-install.yaml";
 const INSTALL: &str = "ambit install";
+/// The oldest Kubernetes Gateway API v1.2 supports, and so Ambit.
+const MIN_KUBERNETES: (u32, u32) = (1, 26);
 
 /// Every check, in the order to fix them. Only a failure to reach the API server is an error.
 pub async fn run(client: kube::Client) -> Result<Vec<Check>, ClusterError> {
@@ -29,11 +31,7 @@ pub async fn run(client: kube::Client) -> Result<Vec<Check>, ClusterError> {
         .apiserver_version()
         .await
         .map_err(|e| ClusterError::api("reading the API server's version", e))?;
-    let mut checks = vec![Check {
-        what: format!("API server {} reachable", version.git_version),
-        ok: true,
-        fix: String::new(),
-    }];
+    let mut checks = vec![api_server(&version)];
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (name, version, fix) in CRDS {
         let found = crds
@@ -67,6 +65,37 @@ pub async fn run(client: kube::Client) -> Result<Vec<Check>, ClusterError> {
     checks.push(controller(&client).await?);
     checks.push(agents(&client).await?);
     Ok(checks)
+}
+
+/// The API server answered; its version must be one Gateway API v1.2 supports. A version that
+/// cannot be read (a distribution's own format) is not held against the cluster.
+fn api_server(version: &k8s_openapi::apimachinery::pkg::version::Info) -> Check {
+    let (major, minor) = MIN_KUBERNETES;
+    let too_old = kubernetes_version(version).is_some_and(|v| v < MIN_KUBERNETES);
+    Check {
+        what: format!("API server {} reachable", version.git_version),
+        ok: !too_old,
+        fix: format!(
+            "Ambit needs Kubernetes {major}.{minor} or later (what Gateway API v1.2 supports): \
+             upgrade the cluster"
+        ),
+    }
+}
+
+/// (major, minor) from the version's fields ("1", "26+" on some distributions), else from
+/// `gitVersion` ("v1.26.3-gke.100").
+fn kubernetes_version(
+    version: &k8s_openapi::apimachinery::pkg::version::Info,
+) -> Option<(u32, u32)> {
+    fn leading_number(s: &str) -> Option<u32> {
+        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+    let from_fields = leading_number(&version.major).zip(leading_number(&version.minor));
+    from_fields.or_else(|| {
+        let mut parts = version.git_version.strip_prefix('v')?.split('.');
+        leading_number(parts.next()?).zip(leading_number(parts.next()?))
+    })
 }
 
 /// A Gateway API CRD's bundle (minor version of v1.x, channel), from the annotations upstream's
@@ -137,4 +166,45 @@ async fn agents(client: &kube::Client) -> Result<Check, ClusterError> {
             "`ambit install`; if installed: kubectl -n {NAMESPACE} get pods -l app=ambit-ztunnel -o wide"
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::version::Info;
+
+    use super::*;
+
+    fn info(major: &str, minor: &str, git_version: &str) -> Info {
+        Info {
+            major: major.into(),
+            minor: minor.into(),
+            git_version: git_version.into(),
+            ..Info::default()
+        }
+    }
+
+    #[test]
+    fn an_api_server_older_than_gateway_api_supports_fails_with_the_fix() {
+        let old = api_server(&info("1", "25", "v1.25.16"));
+        assert!(!old.ok);
+        assert_eq!(old.what, "API server v1.25.16 reachable");
+        assert!(old.fix.contains("Kubernetes 1.26 or later"), "{}", old.fix);
+        assert!(api_server(&info("1", "26", "v1.26.0")).ok);
+        assert!(api_server(&info("1", "33", "v1.33.1")).ok);
+    }
+
+    #[test]
+    fn distribution_versions_are_read_and_an_unreadable_one_is_not_held_against_the_cluster() {
+        assert_eq!(
+            kubernetes_version(&info("1", "27+", "v1.27.8-eks-8cb36c9")),
+            Some((1, 27))
+        );
+        assert_eq!(
+            kubernetes_version(&info("", "", "v1.24.17-gke.100")),
+            Some((1, 24))
+        );
+        assert!(!api_server(&info("", "", "v1.24.17-gke.100")).ok);
+        assert_eq!(kubernetes_version(&info("", "", "custom")), None);
+        assert!(api_server(&info("", "", "custom")).ok);
+    }
 }
