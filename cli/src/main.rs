@@ -29,9 +29,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Guided tour of a local multi-node mesh: builds a lab, shows plaintext, mTLS, a DENY
-    /// policy and the agents' metrics, then removes the lab. Exits non-zero if anything seen
-    /// is not what it should be.
+    /// Guided tour of a local two-node mesh: builds a lab, shows plaintext, mTLS, a DENY
+    /// policy, a waypoint's L7 policy (403 and 200) and HTTPRoute canary split, and the agents'
+    /// metrics, then removes the lab. Exits non-zero if anything seen is not what it should be.
     Demo {
         /// Leave the lab running at the end (remove it later with `ambit lab down`).
         #[arg(long)]
@@ -303,19 +303,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     let dir = LabDir::from_env();
     match command {
         Command::Demo { keep } => Ok(ambit_cli::demo::run(&dir, keep)),
-        Command::Lab(Lab::Up { nodes, file }) => {
-            eprintln!(
-                "Starting the lab ({} in {})",
-                dir.prefix,
-                dir.root.display()
-            );
-            if let Err(err) = lifecycle::up(&dir, nodes, file.as_deref()) {
-                eprintln!("ambit: {err}");
-                eprintln!("(what was built stays for inspection; `ambit lab down` removes it)");
-                return Ok(ExitCode::FAILURE);
-            }
-            print(cmd::status(&dir))
-        }
+        Command::Lab(Lab::Up { nodes, file }) => Ok(cmd::lab_up(&dir, nodes, file.as_deref())),
         Command::Lab(Lab::Down) => {
             let removed = lifecycle::down(&dir)?;
             println!(

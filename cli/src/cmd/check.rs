@@ -32,7 +32,7 @@ pub fn run() -> Vec<Check> {
             fix: format!("apt-get install -y {package}"),
         });
     }
-    for name in ["ambit-controller", "ambit-ztunnel"] {
+    for name in ["ambit-controller", "ambit-ztunnel", "ambit-waypoint"] {
         let found = binary(name);
         checks.push(Check {
             what: format!("{name} next to ambit"),
@@ -57,6 +57,14 @@ fn kernel_check(what: &str, path: &Path, fix: &str) -> Check {
         ok: path.exists(),
         fix: fix.into(),
     }
+}
+
+/// Why this kernel cannot run a lab, if it cannot: `ambit lab up` and the demo ask before they
+/// build anything, so a missing feature is named up front rather than by an agent failing to
+/// install its rules a minute into the start.
+pub fn kernel_problem() -> Option<String> {
+    let probe = probe_kernel();
+    (!probe.ok).then(|| format!("{}: {}", probe.what, probe.fix))
 }
 
 /// Builds a throwaway namespace and loads the rules the lab and agents need (TPROXY, the

@@ -125,6 +125,36 @@ pub fn gateway(g: Option<&api::GatewayAddress>) -> String {
     crate::lab::view::gateway_name(g).unwrap_or_else(|| "-".into())
 }
 
+/// The part of `ambit lab status` that says why a pod shows `Failed`: each of its processes
+/// that exited, with the last line it logged (`cannot listen on 0.0.0.0:8080: Address already
+/// in use`) and its log. Empty when every process runs.
+pub fn exited(state: &LabState) -> String {
+    let mut out = String::new();
+    for pod in state.pods.values() {
+        for proc in pod.processes.iter().filter(|p| !p.alive()) {
+            let name = proc
+                .log
+                .file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+            let last = proc.log_tail(1);
+            let last = match last.trim() {
+                "" => "(it logged nothing)",
+                line => line,
+            };
+            out += &format!(
+                "  {}/{}: {name} exited: {last}\n    log: {}\n",
+                pod.namespace,
+                pod.name,
+                proc.log.display()
+            );
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("Exited (started again by the next apply, delete or label):\n{out}")
+}
+
 /// The nodes part of `ambit lab status`; `agent` says how each node's agent is doing.
 pub fn nodes(state: &LabState, agent: impl Fn(u8) -> String) -> String {
     let mut table = Table::new(&["node", "address", "pod cidr", "pods", "agent"]);

@@ -62,3 +62,39 @@ node2   192.168.100.2   10.244.2.0/24   1      agent 2
 "
     );
 }
+
+#[test]
+fn exited_processes_are_named_with_their_last_log_line() {
+    let dir = tempdir();
+    let (mut state, _) = fixture(dir.path());
+    assert_eq!(exited(&state), "", "nothing runs, nothing exited");
+    let log = dir.path().join("demo-server-echo-8080.log");
+    std::fs::write(
+        &log,
+        "starting\nambit: cannot listen on 0.0.0.0:8080: Address already in use (os error 98)\n",
+    )
+    .unwrap();
+    // A pid no process has (above the kernel's maximum), so it is not alive.
+    let gone = crate::lab::procs::Proc {
+        pid: u32::MAX,
+        start_time: 1,
+        log: log.clone(),
+    };
+    state
+        .pods
+        .get_mut("demo/server")
+        .unwrap()
+        .processes
+        .push(gone);
+    assert_eq!(
+        exited(&state),
+        format!(
+            "\
+Exited (started again by the next apply, delete or label):
+  demo/server: demo-server-echo-8080 exited: ambit: cannot listen on 0.0.0.0:8080: Address already in use (os error 98)
+    log: {}
+",
+            log.display()
+        )
+    );
+}

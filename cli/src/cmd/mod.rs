@@ -16,10 +16,15 @@ pub mod table;
 pub(crate) mod testing;
 pub mod ztunnel_config;
 
+use std::path::Path;
+use std::process::ExitCode;
+
 use anyhow::{Context as _, Result};
 
+use crate::lab::lifecycle;
+use crate::lab::netns::Topology;
 use crate::lab::state::{LabDir, LabState};
-use crate::lab::view;
+use crate::lab::{LabError, is_root, view};
 use crate::mesh::MeshView;
 
 /// The running lab's state and its translated mesh.
@@ -65,6 +70,66 @@ pub fn get(dir: &LabDir, what: &str) -> Result<String> {
     Ok(out)
 }
 
+/// `ambit lab up`: progress on stderr, then the lab's status. A kernel that lacks what the
+/// agents' rules need, and manifests the controller would skip, are refused before anything is
+/// built.
+pub fn lab_up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> ExitCode {
+    eprintln!(
+        "Starting the lab ({} in {})",
+        dir.prefix,
+        dir.root.display()
+    );
+    if is_root()
+        && let Some(problem) = check::kernel_problem()
+    {
+        eprintln!("ambit: this kernel cannot run the lab: {problem}");
+        return ExitCode::FAILURE;
+    }
+    // The objects are read again by `up`; reading them here first refuses, before anything is
+    // built, one the controller would skip, as `ambit apply` does.
+    if let Some(path) = manifests {
+        let valid = crate::lab::objects::read_paths(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|objects| objects::validate(&objects));
+        if let Err(err) = valid {
+            eprintln!("ambit: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(err) = lifecycle::up(dir, nodes, manifests) {
+        eprintln!("ambit: {err}");
+        if built_something(dir, &err) {
+            eprintln!("(what was built stays for inspection; `ambit lab down` removes it)");
+        }
+        return ExitCode::FAILURE;
+    }
+    match status(dir) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("ambit: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether a failed `lab up` left anything to inspect: not when it refused before building
+/// (not root, a tool or binary missing, a bad manifest), nor when the lab was someone's already.
+fn built_something(dir: &LabDir, err: &LabError) -> bool {
+    let refused = matches!(
+        err,
+        LabError::NotRoot
+            | LabError::MissingTool { .. }
+            | LabError::MissingBinary { .. }
+            | LabError::AlreadyUp { .. }
+    );
+    !refused
+        && (dir.state_file().is_file()
+            || Topology::list(&dir.prefix).is_ok_and(|namespaces| !namespaces.is_empty()))
+}
+
 /// `ambit lab status`.
 pub fn status(dir: &LabDir) -> Result<String> {
     let (state, mesh) = load_lab(dir)?;
@@ -97,6 +162,11 @@ pub fn status(dir: &LabDir) -> Result<String> {
     out += &get::nodes(&state, agent);
     out += "\n";
     out += &get::pods(&state, &mesh.state);
+    let exited = get::exited(&state);
+    if !exited.is_empty() {
+        out += "\n";
+        out += &exited;
+    }
     let waypoints: Vec<String> = mesh
         .state
         .workloads
