@@ -1,10 +1,11 @@
 //! `ambit demo`: the guided tour. It builds a two-node lab, then walks through what the mesh
 //! does, each step printing what it did and what it observed, with a check mark or a cross. The
-//! exit status is non-zero if any observation is not what it should be; a step that cannot run
-//! yet says so and why, and is never faked.
+//! exit status is non-zero if any observation is not what it should be. Every step runs: what
+//! one needs (root, tools, the kernel's TPROXY, the binaries, the waypoint's included) is
+//! checked before the lab starts, and a machine without it fails the demo rather than skipping
+//! the step.
 //!
-//! Steps are a list ([`steps`]); each returns whether it ran. The waypoint steps are in the
-//! list already and report themselves skipped until the lab can deploy a waypoint.
+//! Steps are a list ([`steps`]), run in order; the first that fails ends the tour.
 
 mod steps;
 
@@ -14,13 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use crate::lab::state::LabDir;
-use crate::lab::{has_tool, is_root, lifecycle};
-
-/// How a step ended.
-pub enum Outcome {
-    Ran,
-    Skipped(String),
-}
+use crate::lab::{binary, has_tool, is_root, lifecycle};
 
 /// The tour's context and its record of what was seen.
 pub struct Tour {
@@ -47,8 +42,11 @@ impl Tour {
         println!("  $ {text}");
     }
 
+    /// Prints what a command answered, every line indented under the step.
     pub fn note(&self, text: &str) {
-        println!("    {text}");
+        for line in text.lines() {
+            println!("    {line}");
+        }
     }
 }
 
@@ -87,16 +85,10 @@ pub fn run(dir: &LabDir, keep: bool) -> ExitCode {
         scratch,
         failures: Vec::new(),
     };
-    let mut skipped = Vec::new();
-    let mut lab_started = false;
     for (number, (title, step)) in steps::steps().into_iter().enumerate() {
         println!("\n{}. {title}", number + 1);
         match step(&mut tour) {
-            Ok(Outcome::Ran) => lab_started = true,
-            Ok(Outcome::Skipped(why)) => {
-                println!("    - skipped: {why}");
-                skipped.push(title);
-            }
+            Ok(()) => {}
             Err(err) => {
                 println!("    \u{2717} {err:#}");
                 tour.failures.push(format!("{title}: {err:#}"));
@@ -105,7 +97,7 @@ pub fn run(dir: &LabDir, keep: bool) -> ExitCode {
         }
     }
     println!("\n{}. Tear down", steps::steps().len() + 1);
-    if keep && lab_started {
+    if keep && dir.load().is_ok() {
         tour.note("--keep: the lab stays up. Try `ambit get pods`, `ambit explain client echo`, then `ambit lab down`.");
     } else {
         tour.act("ambit lab down");
@@ -124,9 +116,6 @@ pub fn run(dir: &LabDir, keep: bool) -> ExitCode {
         }
     }
     println!();
-    if !skipped.is_empty() {
-        println!("Skipped: {}.", skipped.join("; "));
-    }
     if tour.failures.is_empty() {
         println!("Every observation was as expected.");
         ExitCode::SUCCESS
@@ -139,11 +128,23 @@ pub fn run(dir: &LabDir, keep: bool) -> ExitCode {
     }
 }
 
-/// Installs with apt-get what the lab and the tour need and the machine lacks.
+/// Installs with apt-get what the lab and the tour need and the machine lacks, then checks what
+/// no package fixes: the binaries the lab runs and the kernel's features.
 fn install_missing() -> Result<(), String> {
     if !is_root() {
         return Err("the demo needs root (it builds network namespaces and iptables rules)".into());
     }
+    install_packages()?;
+    for name in ["ambit-controller", "ambit-ztunnel", "ambit-waypoint"] {
+        binary(name).map_err(|e| e.to_string())?;
+    }
+    match crate::cmd::check::kernel_problem() {
+        Some(problem) => Err(format!("this kernel cannot run the lab: {problem}")),
+        None => Ok(()),
+    }
+}
+
+fn install_packages() -> Result<(), String> {
     let missing: Vec<&str> = [
         ("ip", "iproute2"),
         ("iptables", "iptables"),

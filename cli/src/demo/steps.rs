@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Outcome, Tour};
+use super::Tour;
 use crate::cmd;
 use crate::cmd::explain::Verdict;
 use crate::lab::netns::command_in;
@@ -24,7 +24,7 @@ const CANARY_REQUESTS: usize = 200;
 /// The client's identity, as the server side's agent reports it.
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/client";
 
-type Step = fn(&mut Tour) -> Result<Outcome>;
+type Step = fn(&mut Tour) -> Result<()>;
 
 pub fn steps() -> Vec<(&'static str, Step)> {
     vec![
@@ -41,7 +41,7 @@ pub fn steps() -> Vec<(&'static str, Step)> {
     ]
 }
 
-fn start(t: &mut Tour) -> Result<Outcome> {
+fn start(t: &mut Tour) -> Result<()> {
     let file = t.scratch.path().join("demo.yaml");
     std::fs::write(&file, MANIFESTS)?;
     t.act("ambit lab up --nodes 2 -f demo.yaml   (client on node1, server on node2, Service echo)");
@@ -51,7 +51,7 @@ fn start(t: &mut Tour) -> Result<Outcome> {
         t.note(line);
     }
     t.observe(true, "controller and both node agents report ready");
-    Ok(Outcome::Ran)
+    Ok(())
 }
 
 /// Runs `ambit app connect echo:80 <args>` in the client pod: its exit status and output.
@@ -92,6 +92,15 @@ struct Watched {
     /// Packets to the HBONE port and to the server's own port.
     to_hbone: usize,
     to_server: usize,
+    /// Packets to the HBONE port whose payload starts a TLS record: a handshake (0x16, the
+    /// ClientHello) and application data (0x17, the encrypted tunnel).
+    tls_handshakes: usize,
+    tls_records: usize,
+}
+
+/// A tcpdump filter: TCP to `port` whose payload starts with the byte `first`.
+fn payload_starts(port: u16, first: u8) -> String {
+    format!("tcp dst port {port} and tcp[((tcp[12:1]&0xf0)>>2):1]={first:#04x}")
 }
 
 /// Sends `payload` from the client to `echo:80` while watching node1's link, shows what came
@@ -114,11 +123,13 @@ fn exchange_watched(t: &mut Tour, payload: &str) -> Result<Watched> {
         readable: capture.contains(payload.as_bytes()),
         to_hbone: capture.count("tcp dst port 15008"),
         to_server: capture.count("tcp dst port 8080"),
+        tls_handshakes: capture.count(&payload_starts(15008, 0x16)),
+        tls_records: capture.count(&payload_starts(15008, 0x17)),
         output,
     })
 }
 
-fn plaintext(t: &mut Tour) -> Result<Outcome> {
+fn plaintext(t: &mut Tour) -> Result<()> {
     let seen = exchange_watched(t, &format!("plaintext-{}", std::process::id()))?;
     t.observe(
         seen.readable && seen.to_server > 0 && seen.to_hbone == 0,
@@ -127,10 +138,10 @@ fn plaintext(t: &mut Tour) -> Result<Outcome> {
             seen.to_server
         ),
     );
-    Ok(Outcome::Ran)
+    Ok(())
 }
 
-fn enrol(t: &mut Tour) -> Result<Outcome> {
+fn enrol(t: &mut Tour) -> Result<()> {
     t.act("ambit label namespace demo istio.io/dataplane-mode=ambient");
     let out = cmd::objects::label(
         &t.dir,
@@ -147,8 +158,15 @@ fn enrol(t: &mut Tour) -> Result<Outcome> {
     t.observe(
         !seen.readable && seen.to_hbone > 0 && seen.to_server == 0,
         &format!(
-            "on the wire: only TLS to port 15008 ({} packets), the payload never readable",
+            "on the wire: only packets to port 15008 ({}), the payload never readable",
             seen.to_hbone
+        ),
+    );
+    t.observe(
+        seen.tls_handshakes > 0 && seen.tls_records > 0,
+        &format!(
+            "and they are TLS: {} open with a handshake record (the ClientHello), {} with encrypted application data",
+            seen.tls_handshakes, seen.tls_records
         ),
     );
     let out = seen.output;
@@ -164,10 +182,10 @@ fn enrol(t: &mut Tour) -> Result<Outcome> {
         &format!("node2's agent (server side) authenticated the client as {CLIENT_ID} ({seen} connection(s))"),
     );
     explain_agrees(t, "/", Verdict::Allowed)?;
-    Ok(Outcome::Ran)
+    Ok(())
 }
 
-fn deny(t: &mut Tour) -> Result<Outcome> {
+fn deny(t: &mut Tour) -> Result<()> {
     let file = t.scratch.path().join("deny.yaml");
     std::fs::write(&file, DENY)?;
     t.act("ambit apply -f deny.yaml   (DENY from principal cluster.local/ns/demo/sa/client)");
@@ -181,7 +199,7 @@ fn deny(t: &mut Tour) -> Result<Outcome> {
         "the connection was refused: the server never answered",
     );
     explain_agrees(t, "/", Verdict::Denied)?;
-    Ok(Outcome::Ran)
+    Ok(())
 }
 
 /// Shows `ambit explain client echo` (for `GET <path>` at a waypoint) and checks its verdict is
@@ -211,18 +229,15 @@ fn explain_agrees(t: &mut Tour, path: &str, expected: Verdict) -> Result<()> {
     Ok(())
 }
 
-/// Why the waypoint steps cannot run, if they cannot: the lab deploys a waypoint only when
-/// `ambit-waypoint` is built next to `ambit`.
+/// Why the lab cannot deploy a waypoint, if it cannot: it does only when `ambit-waypoint` is
+/// built next to `ambit` (`ambit lab status` says so; the demo refuses to start without it).
 pub fn waypoint_missing() -> Option<String> {
     crate::lab::binary("ambit-waypoint").is_err().then(|| {
         "the waypoint (ambit-waypoint) is not built yet, so the lab cannot deploy one".to_owned()
     })
 }
 
-fn l7_policy(t: &mut Tour) -> Result<Outcome> {
-    if let Some(why) = waypoint_missing() {
-        return Ok(Outcome::Skipped(why));
-    }
+fn l7_policy(t: &mut Tour) -> Result<()> {
     let deny = t.scratch.path().join("deny.yaml");
     t.act("ambit delete -f deny.yaml   (step 4's policy: from here on the server's agent sees the waypoint as the client)");
     t.note(cmd::objects::delete(&t.dir, &deny)?.trim());
@@ -262,13 +277,10 @@ fn l7_policy(t: &mut Tour) -> Result<Outcome> {
         );
         explain_agrees(t, path, explained)?;
     }
-    Ok(Outcome::Ran)
+    Ok(())
 }
 
-fn canary(t: &mut Tour) -> Result<Outcome> {
-    if let Some(why) = waypoint_missing() {
-        return Ok(Outcome::Skipped(why));
-    }
+fn canary(t: &mut Tour) -> Result<()> {
     let file = t.scratch.path().join("canary.yaml");
     std::fs::write(&file, CANARY)?;
     t.act("ambit apply -f canary.yaml   (pod server-v2 on node1, Services echo-v1/echo-v2, HTTPRoute echo-canary: 90/10)");
@@ -293,10 +305,10 @@ fn canary(t: &mut Tour) -> Result<Outcome> {
         (6..=40).contains(&v2) && v1 > v2,
         &format!("about 10% went to v2 ({v2} of {CANARY_REQUESTS})"),
     );
-    Ok(Outcome::Ran)
+    Ok(())
 }
 
-fn metrics(t: &mut Tour) -> Result<Outcome> {
+fn metrics(t: &mut Tour) -> Result<()> {
     for n in [1u8, 2] {
         t.act(&format!("curl node{n}:15020/metrics | grep -E 'istio_tcp_connections_opened|connections_refused'"));
         let (status, body) = admin::get(&node_netns(t, n), admin::AGENT_METRICS, "/metrics")?;
@@ -321,7 +333,7 @@ fn metrics(t: &mut Tour) -> Result<Outcome> {
             );
         }
     }
-    Ok(Outcome::Ran)
+    Ok(())
 }
 
 /// Sum of `istio_tcp_connections_opened_total` for a reporter and source principal.
