@@ -333,6 +333,92 @@ mod tests {
         assert_eq!(pdbs(&["controller.replicas=1"]), 0);
     }
 
+    fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name}"))
+    }
+
+    /// What deploy/README.md promises each workload may do, as rendered.
+    #[test]
+    fn the_agent_gets_the_node_network_and_only_the_capabilities_capture_needs() {
+        let objects = render(&Values::default()).unwrap();
+        let agent = &object(&objects, "DaemonSet", "ambit-ztunnel")["spec"]["template"]["spec"];
+        assert_eq!(agent["hostNetwork"], true);
+        assert_eq!(agent["dnsPolicy"], "ClusterFirstWithHostNet");
+        assert_eq!(
+            agent["tolerations"],
+            json!([{"operator": "Exists"}]),
+            "every node, tainted or not"
+        );
+        assert_eq!(agent["automountServiceAccountToken"], false);
+        assert!(agent["hostPID"].is_null() || agent["hostPID"] == false);
+        let container = &agent["containers"][0];
+        let security = &container["securityContext"];
+        assert_eq!(security["privileged"], false);
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(
+            security["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW"])
+        );
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"],
+            "/healthz/ready"
+        );
+        // The one credential: a token for the controller's audience, and the root without its key.
+        let volumes = agent["volumes"].as_array().unwrap();
+        let token = volumes
+            .iter()
+            .find_map(|v| v["projected"]["sources"][0]["serviceAccountToken"].as_object())
+            .expect("a projected token");
+        assert_eq!(token["audience"], "ambit-controller");
+        let root = volumes
+            .iter()
+            .find(|v| v["secret"].is_object())
+            .expect("the root");
+        assert_eq!(
+            root["secret"]["items"],
+            json!([{"key": "root-cert.pem", "path": "root-cert.pem"}])
+        );
+        let account = object(&objects, "ServiceAccount", "ambit-ztunnel");
+        let bound = objects.iter().any(|o| {
+            o["kind"].as_str().is_some_and(|k| k.ends_with("Binding"))
+                && o["subjects"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["name"] == account["metadata"]["name"]))
+        });
+        assert!(!bound, "the agent's ServiceAccount has no permissions");
+    }
+
+    #[test]
+    fn the_controller_runs_unprivileged_replicated_and_probed() {
+        let objects = render(&Values::default()).unwrap();
+        let deployment = object(&objects, "Deployment", "ambit-controller");
+        assert_eq!(deployment["spec"]["replicas"], 2);
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let container = &pod["containers"][0];
+        let security = &container["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"], true);
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+        assert!(security["capabilities"]["add"].is_null());
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+        assert!(container["livenessProbe"].is_object());
+        let service = object(&objects, "Service", "ambit-controller");
+        let ports: Vec<&Value> = service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["port"])
+            .collect();
+        assert_eq!(ports, [&json!(15012)], "config and CA gRPC");
+        let budget = object(&objects, "PodDisruptionBudget", "ambit-controller");
+        assert_eq!(budget["spec"]["minAvailable"], 1);
+    }
+
     #[test]
     fn every_bad_value_is_reported_at_once() {
         let sets = [
