@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::lab::state::LabDir;
 use crate::lab::{binary, has_tool, is_root};
 
 /// One prerequisite.
@@ -46,7 +47,7 @@ pub fn run() -> Vec<Check> {
         "a kernel with CONFIG_NET_NS",
     ));
     if is_root() && has_tool("ip") {
-        checks.push(probe_kernel());
+        checks.push(probe_kernel(&LabDir::from_env()));
     }
     checks
 }
@@ -62,16 +63,17 @@ fn kernel_check(what: &str, path: &Path, fix: &str) -> Check {
 /// Why this kernel cannot run a lab, if it cannot: `ambit lab up` and the demo ask before they
 /// build anything, so a missing feature is named up front rather than by an agent failing to
 /// install its rules a minute into the start.
-pub fn kernel_problem() -> Option<String> {
-    let probe = probe_kernel();
+pub fn kernel_problem(dir: &LabDir) -> Option<String> {
+    let probe = probe_kernel(dir);
     (!probe.ok).then(|| format!("{}: {}", probe.what, probe.fix))
 }
 
 /// Builds a throwaway namespace and loads the rules the lab and agents need (TPROXY, the
 /// socket match, DNAT with the statistic match), to catch a kernel without them before a lab
-/// half-starts.
-fn probe_kernel() -> Check {
-    let netns = format!("ambitcheck{}", std::process::id());
+/// half-starts. The namespace is named with the lab's prefix, so that `ambit lab down` removes it
+/// if this process is killed while it exists.
+fn probe_kernel(dir: &LabDir) -> Check {
+    let netns = format!("{}-kernelcheck{}", dir.prefix, std::process::id());
     let rules = "*mangle\n:CHECK - [0:0]\n\
                  -A CHECK -p tcp -m socket --transparent -j MARK --set-xmark 0x1/0x1\n\
                  -A CHECK -p tcp --syn -j TPROXY --on-port 15001 --on-ip 0.0.0.0 --tproxy-mark 0x1/0x1\n\

@@ -80,7 +80,7 @@ pub fn lab_up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> ExitCode {
         dir.root.display()
     );
     if is_root()
-        && let Some(problem) = check::kernel_problem()
+        && let Some(problem) = check::kernel_problem(dir)
     {
         eprintln!("ambit: this kernel cannot run the lab: {problem}");
         return ExitCode::FAILURE;

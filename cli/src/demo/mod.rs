@@ -53,7 +53,7 @@ impl Tour {
 /// Runs the tour; see the module docs.
 pub fn run(dir: &LabDir, keep: bool) -> ExitCode {
     println!("Ambit demo: a two-node ambient mesh in network namespaces on this machine.\n");
-    if let Err(err) = install_missing() {
+    if let Err(err) = install_missing(dir) {
         eprintln!("ambit demo: {err}");
         return ExitCode::FAILURE;
     }
@@ -130,7 +130,7 @@ pub fn run(dir: &LabDir, keep: bool) -> ExitCode {
 
 /// Installs with apt-get what the lab and the tour need and the machine lacks, then checks what
 /// no package fixes: the binaries the lab runs and the kernel's features.
-fn install_missing() -> Result<(), String> {
+fn install_missing(dir: &LabDir) -> Result<(), String> {
     if !is_root() {
         return Err("the demo needs root (it builds network namespaces and iptables rules)".into());
     }
@@ -138,7 +138,7 @@ fn install_missing() -> Result<(), String> {
     for name in ["ambit-controller", "ambit-ztunnel", "ambit-waypoint"] {
         binary(name).map_err(|e| e.to_string())?;
     }
-    match crate::cmd::check::kernel_problem() {
+    match crate::cmd::check::kernel_problem(dir) {
         Some(problem) => Err(format!("this kernel cannot run the lab: {problem}")),
         None => Ok(()),
     }
