@@ -4,12 +4,12 @@
 //! (`app`). Against a Kubernetes cluster: `install`, `uninstall`, `waypoint`, `check`,
 //! `ztunnel-config`, `explain`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ambit_cli::apps::{connect, echo};
+use ambit_cli::apps::command::{self as app, App};
+use ambit_cli::apps::connect;
 use ambit_cli::cluster::{self, render, waypoint};
 use ambit_cli::cmd;
 use ambit_cli::cmd::explain::{Placement, Request};
@@ -211,45 +211,6 @@ enum WaypointCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum App {
-    /// TCP server: answers HTTP/1.x with a report of the request; greets raw TCP clients with
-    /// their address and echoes their bytes. Prints `listening on ADDR`, then `accepted PEER`
-    /// for each connection.
-    Echo {
-        /// Address to listen on (port 0 picks a free one).
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Name to report as `server=` and in the greeting.
-        #[arg(long, default_value = "echo")]
-        name: String,
-    },
-    /// Connects, sends, prints what the server sends.
-    #[command(
-        after_help = "Exit status: 0 the server answered; 3 connection refused; \
-                            4 timed out; 5 connection reset; 1 any other failure; 64 bad usage."
-    )]
-    Connect {
-        /// `ip:port` or `name:port` (names resolve through the pod's /etc/hosts).
-        #[arg(value_parser = connect::parse_target)]
-        addr: String,
-        /// Text to send, followed by a half-close; prints everything until the server closes.
-        /// Without --send or --http, prints the server's first line.
-        #[arg(long, conflicts_with = "http")]
-        send: Option<String>,
-        /// Path to GET over HTTP/1.1; prints the whole response.
-        #[arg(long)]
-        http: Option<String>,
-        /// A header for --http, `name=value`, repeatable.
-        #[arg(long = "header", value_name = "NAME=VALUE", requires = "http",
-              value_parser = connect::parse_header)]
-        headers: Vec<(String, String)>,
-        /// Limit for the whole exchange (250ms, 5s, 2m).
-        #[arg(long, default_value = "5s", value_parser = connect::parse_duration)]
-        timeout: Duration,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -265,7 +226,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::App(app) => run_app(app),
+        Command::App(command) => app::run(command),
         Command::Check {
             kubernetes: false,
             lab,
@@ -477,46 +438,5 @@ fn run_cluster(command: Command) -> anyhow::Result<ExitCode> {
         };
         print!("{out}");
         Ok(ExitCode::SUCCESS)
-    })
-}
-
-fn run_app(app: App) -> anyhow::Result<ExitCode> {
-    // One thread is plenty for a sample app, and a lab runs many of them.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match app {
-            App::Echo { listen, name } => {
-                echo::run(listen, &name).await?;
-                Ok(ExitCode::SUCCESS)
-            }
-            App::Connect {
-                addr,
-                send,
-                http,
-                headers,
-                timeout,
-            } => {
-                let addr = connect::resolve(&addr).await?;
-                let payload = match (send, http) {
-                    (Some(text), _) => Some(connect::Payload::Raw(text.into_bytes())),
-                    (None, Some(path)) => Some(connect::Payload::HttpGet { path, headers }),
-                    (None, None) => None,
-                };
-                let config = connect::ConnectConfig {
-                    addr,
-                    payload,
-                    timeout,
-                };
-                match connect::run(&config, &mut tokio::io::stdout()).await {
-                    Ok(()) => Ok(ExitCode::SUCCESS),
-                    Err(err) => {
-                        eprintln!("ambit app connect: {err}");
-                        Ok(ExitCode::from(err.exit_code()))
-                    }
-                }
-            }
-        }
     })
 }

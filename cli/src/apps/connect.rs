@@ -1,9 +1,14 @@
 //! `ambit app connect`: a one-shot TCP client, run inside a lab pod to see what the pod reaches.
 //! It prints what the server sends and tells refusal, timeout and reset apart by exit status, so
 //! a test can assert *how* a connection failed (a policy's reset, a black hole's timeout).
+//! Repeated (`--repeat`), it tallies the answers instead: which status from which server, how
+//! many times, which is what a traffic split or a retry policy is judged by.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -14,9 +19,10 @@ use tokio::net::TcpStream;
 pub enum Payload {
     /// These bytes, then a half-close; everything the server sends until it closes is printed.
     Raw(Vec<u8>),
-    /// `GET <path> HTTP/1.1` with `connection: close` and these extra headers (name, value);
-    /// the whole response is printed.
-    HttpGet {
+    /// `<method> <path> HTTP/1.1` with `connection: close` and these extra headers (name,
+    /// value); the whole response is printed.
+    Http {
+        method: String,
         path: String,
         headers: Vec<(String, String)>,
     },
@@ -143,14 +149,18 @@ async fn exchange<W: AsyncWrite + Unpin>(
             writer.shutdown().await?;
             tokio::io::copy(&mut reader, out).await?
         }
-        Some(Payload::HttpGet { path, headers }) => {
+        Some(Payload::Http {
+            method,
+            path,
+            headers,
+        }) => {
             // No half-close: some HTTP servers take a client's FIN as an abort.
             let extra: String = headers
                 .iter()
                 .map(|(name, value)| format!("{name}: {value}\r\n"))
                 .collect();
             let request = format!(
-                "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: ambit-connect\r\n{extra}\
+                "{method} {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: ambit-connect\r\n{extra}\
                  connection: close\r\n\r\n",
                 config.addr
             );
@@ -160,6 +170,84 @@ async fn exchange<W: AsyncWrite + Unpin>(
     };
     out.flush().await?;
     Ok(received)
+}
+
+/// Runs the exchange `count` times, each on a connection of its own, `concurrency` at a time,
+/// and writes a tally of the outcomes to `out`: one line per distinct outcome, `count=<n>
+/// status=<code> server=<name>` (`server=-` when the body names none, as when a proxy answered
+/// itself) or `count=<n> error="<why>"`. Fails with a failure's error once all are done.
+pub async fn run_repeated<W: AsyncWrite + Unpin>(
+    config: &ConnectConfig,
+    count: u64,
+    concurrency: u64,
+    out: &mut W,
+) -> Result<(), ConnectError> {
+    let remaining = Arc::new(AtomicU64::new(count));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.clamp(1, count.max(1)) {
+        let (config, remaining) = (config.clone(), Arc::clone(&remaining));
+        workers.spawn(async move {
+            let mut tally: BTreeMap<String, u64> = BTreeMap::new();
+            let mut failure = None;
+            // Each worker takes the next request until none is left.
+            while remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let mut response = Vec::new();
+                let outcome = match run(&config, &mut response).await {
+                    Ok(()) => outcome(&response),
+                    Err(err) => {
+                        let outcome = format!("error={:?}", err.to_string());
+                        failure.get_or_insert(err);
+                        outcome
+                    }
+                };
+                *tally.entry(outcome).or_default() += 1;
+            }
+            (tally, failure)
+        });
+    }
+    let mut tally: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first_failure = None;
+    while let Some(done) = workers.join_next().await {
+        let (part, failure) = done.expect("a worker never panics");
+        for (outcome, n) in part {
+            *tally.entry(outcome).or_default() += n;
+        }
+        if first_failure.is_none() {
+            first_failure = failure;
+        }
+    }
+    let mut text = String::new();
+    for (outcome, n) in &tally {
+        text.push_str(&format!("count={n} {outcome}\n"));
+    }
+    out.write_all(text.as_bytes())
+        .await
+        .and(out.flush().await)
+        .map_err(|source| ConnectError::Io {
+            addr: config.addr,
+            source,
+        })?;
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// `status=<code> server=<name>` for one response (the echo server's body names itself in a
+/// `server=` line).
+fn outcome(response: &[u8]) -> String {
+    let text = String::from_utf8_lossy(response);
+    let status = text
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .unwrap_or("?");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let server = body
+        .lines()
+        .find_map(|line| line.strip_prefix("server="))
+        .unwrap_or("-");
+    format!("status={status} server={server}")
 }
 
 /// Parses a `name=value` header for `--header`.
@@ -205,6 +293,57 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn an_outcome_is_the_status_and_the_server_that_answered() {
+        let echo = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 20\r\n\r\n\
+                     server=flaky\nclient=10.244.1.2:1\n";
+        assert_eq!(outcome(echo), "status=503 server=flaky");
+        let proxy = b"HTTP/1.1 403 Forbidden\r\nx-ambit-reason: denied\r\n\r\nRBAC: denied\n";
+        assert_eq!(outcome(proxy), "status=403 server=-");
+        assert_eq!(outcome(b""), "status=? server=-");
+    }
+
+    #[tokio::test]
+    async fn repeated_requests_are_tallied_by_status_and_server() {
+        use crate::apps::echo::{self, Server};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(echo::serve(listener, Arc::new(Server::flaky("e"))));
+        let config = ConnectConfig {
+            addr,
+            payload: Some(Payload::Http {
+                method: "POST".into(),
+                path: "/x".into(),
+                headers: Vec::new(),
+            }),
+            timeout: Duration::from_secs(5),
+        };
+        let mut out = Vec::new();
+        // Of any 10 requests in a row the server fails 5, however the 3 workers interleave.
+        run_repeated(&config, 10, 3, &mut out).await.unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "count=5 status=200 server=e\ncount=5 status=503 server=e\n"
+        );
+
+        // Nothing listens any more: every attempt fails, and the failure is the result.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = ConnectConfig {
+            addr: closed.local_addr().unwrap(),
+            ..config
+        };
+        drop(closed);
+        let mut out = Vec::new();
+        let err = run_repeated(&config, 2, 1, &mut out).await.unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        let tally = String::from_utf8(out).unwrap();
+        assert!(
+            tally.starts_with("count=2 error=\"connection to "),
+            "{tally}"
+        );
     }
 
     #[test]

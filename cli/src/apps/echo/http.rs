@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::Server;
+use crate::apps::say;
+
 /// Bounds what one request head may make the server hold.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
@@ -77,7 +80,7 @@ pub async fn serve<R, W>(
     reader: &mut R,
     writer: &mut W,
     peer: SocketAddr,
-    name: &str,
+    server: &Server,
 ) -> io::Result<()>
 where
     R: AsyncBufRead + Unpin,
@@ -94,7 +97,12 @@ where
         match outcome {
             Ok((request, body_bytes)) => {
                 let keep_alive = request.keep_alive();
-                let (status, body) = answer(&request, peer, name, body_bytes);
+                let (asked, body) = answer(&request, peer, &server.name, body_bytes);
+                let status = server.status(asked).await;
+                say(&format!(
+                    "answered {status} {} {}",
+                    request.method, request.target
+                ));
                 let connection = match (keep_alive, request.minor_version) {
                     (false, _) => Some("close"),
                     // An HTTP/1.0 client keeps the connection only if told so.

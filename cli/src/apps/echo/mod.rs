@@ -4,8 +4,13 @@
 //! any other is raw TCP: the server greets with `hello from <name>; you are <peer>` and echoes
 //! every byte back until the client half-closes, then closes its side. Either way the peer
 //! address is the one the kernel reports, so a test sees whether a proxy preserved the client's
-//! IP. Each accepted connection prints `accepted <peer>` on stdout.
+//! IP. Each accepted connection prints `accepted <peer>` on stdout, each HTTP answer
+//! `answered <status> <method> <target>`.
+//!
+//! A [`Behaviour`] makes it a backend with a problem, for seeing what a proxy in front of it
+//! does about that: slow answers, or a share of its requests failed.
 
+pub mod behaviour;
 pub mod http;
 
 use std::io::{self, Cursor};
@@ -18,7 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::say;
+use super::{BindError, listen, say};
+pub use behaviour::{Behaviour, Server};
 
 /// How long a silent connection may take to show its first bytes before it is taken for raw
 /// TCP and greeted. HTTP clients speak first, but a raw client may wait for the greeting, so the
@@ -32,26 +38,15 @@ const MAX_CONNECTIONS: usize = 1024;
 /// After a failed accept (EMFILE, ENOBUFS), wait before the next, rather than spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-#[derive(Debug, thiserror::Error)]
-pub enum EchoError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
-}
-
-/// Listens on `addr`, prints `listening on <address>` (the bound address, so port 0 works), and
-/// serves connections until the process ends.
-pub async fn run(addr: SocketAddr, name: &str) -> Result<(), EchoError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .and_then(|listener| listener.local_addr().map(|local| (listener, local)));
-    let (listener, local) = listener.map_err(|source| EchoError::Bind { addr, source })?;
-    say(&format!("listening on {local}"));
-    serve(listener, Arc::from(name)).await;
+/// Listens on `addr` and serves connections until the process ends.
+pub async fn run(addr: SocketAddr, server: Server) -> Result<(), BindError> {
+    let listener = listen(addr).await?;
+    serve(listener, Arc::new(server)).await;
     Ok(())
 }
 
 /// Accepts connections on `listener` forever, each served on its own task.
-pub async fn serve(listener: TcpListener, name: Arc<str>) {
+pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = Arc::clone(&limit)
@@ -67,9 +62,9 @@ pub async fn serve(listener: TcpListener, name: Arc<str>) {
             }
         };
         say(&format!("accepted {peer}"));
-        let name = Arc::clone(&name);
+        let server = Arc::clone(&server);
         tokio::spawn(async move {
-            if let Err(err) = handle(stream, peer, &name).await {
+            if let Err(err) = handle(stream, peer, &server).await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
             drop(permit);
@@ -78,7 +73,7 @@ pub async fn serve(listener: TcpListener, name: Arc<str>) {
 }
 
 /// Serves one connection from `peer`, as HTTP or as raw TCP (see the module docs).
-pub async fn handle<S>(stream: S, peer: SocketAddr, name: &str) -> io::Result<()>
+pub async fn handle<S>(stream: S, peer: SocketAddr, server: &Server) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite,
 {
@@ -86,9 +81,9 @@ where
     let mut first = Vec::new();
     if sniff(&mut reader, &mut first).await? == Protocol::Http {
         let mut reader = BufReader::new(Cursor::new(first).chain(reader));
-        http::serve(&mut reader, &mut writer, peer, name).await?;
+        http::serve(&mut reader, &mut writer, peer, server).await?;
     } else {
-        let greeting = format!("hello from {name}; you are {peer}\n");
+        let greeting = format!("hello from {}; you are {peer}\n", server.name);
         writer.write_all(greeting.as_bytes()).await?;
         writer.write_all(&first).await?;
         tokio::io::copy(&mut reader, &mut writer).await?;

@@ -11,9 +11,14 @@ const PEER: &str = "10.244.1.2:40000";
 
 /// A client end of a connection being served by the echo server named `e`.
 fn connect() -> DuplexStream {
-    let (client, server) = tokio::io::duplex(64 * 1024);
+    connect_to(Arc::new(Server::new("e", Behaviour::default())))
+}
+
+/// A client end of a connection being served by `server`.
+fn connect_to(server: Arc<Server>) -> DuplexStream {
+    let (client, end) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = PEER.parse().unwrap();
-    tokio::spawn(async move { handle(server, peer, "e").await });
+    tokio::spawn(async move { handle(end, peer, &server).await });
     client
 }
 
@@ -189,4 +194,24 @@ async fn malformed_requests_get_400_and_a_close() {
         assert!(head.contains("connection: close"));
         assert!(body.starts_with("bad request: "), "{body}");
     }
+}
+
+#[tokio::test]
+async fn a_flaky_server_fails_every_nth_request_across_connections_and_says_who_failed() {
+    let flaky = Arc::new(Server::flaky("flaky"));
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let mut client = connect_to(Arc::clone(&flaky));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut client = BufReader::new(client);
+        for _ in 0..2 {
+            let (status, _, body) = read_response(&mut client).await;
+            assert!(body.starts_with("server=flaky\n"), "{body}");
+            statuses.push(status);
+        }
+    }
+    assert_eq!(statuses, [200, 503, 200, 503]);
 }
