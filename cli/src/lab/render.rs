@@ -6,10 +6,11 @@
 //!   `spec.nodeName` and `status` (IP, Running, Ready), a Service's `clusterIP`, a Namespace for
 //!   every namespace in use, a Node per lab node. Deployments stay out (the controller reads
 //!   their pods).
-//! - What a pod runs: a container's `command` (`ambit` means this very binary), or for the
-//!   sample image `ambit/echo` (or the annotation `lab.ambit.dev/app: echo`) an echo server on
-//!   each container port. Any other image runs nothing: the pod is idle, for `ambit exec`.
-//!   Pods the lab makes for waypoint Gateways run the waypoint ([`waypoints`]).
+//! - What a pod runs: a container's `command` (`ambit` means this very binary), or for a sample
+//!   image `ambit/<app>` (or the annotation `lab.ambit.dev/app: <app>`) that sample app on each
+//!   container port, the container's `args` added to its flags as a container's args follow
+//!   its image's entrypoint ([`SAMPLE_APPS`]). Any other image runs nothing: the pod is idle,
+//!   for `ambit exec`. Pods the lab makes for waypoint Gateways run the waypoint ([`waypoints`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -21,12 +22,42 @@ use super::objects::{Key, Object, mapping_at, scalar, string_map};
 use super::state::{LabState, RunSpec};
 use super::waypoints::{self, WaypointLaunch};
 
-/// The annotation choosing a pod's sample app: `echo`, or `none` for an idle pod.
+/// The annotation choosing a pod's sample app: one of [`SAMPLE_APPS`], or `none` for an idle pod.
 pub const APP_ANNOTATION: &str = "lab.ambit.dev/app";
 /// Where the lab's service VIPs come from when a Service names none.
 const VIP_BASE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 0);
-/// The echo server's port when the container declares none.
-pub const DEFAULT_ECHO_PORT: u16 = 8080;
+
+/// A sample app a pod can run: `ambit app <name> --listen 0.0.0.0:<port>` per container port.
+#[derive(Debug)]
+pub struct SampleApp {
+    /// The image is `ambit/<name>`, the subcommand `ambit app <name>`.
+    pub name: &'static str,
+    /// The port it serves when the container declares none.
+    pub port: u16,
+    /// Whether it takes `--name` (then the pod's name), to say who answered.
+    pub named: bool,
+}
+
+/// The sample apps (`cli/src/apps`): the HTTP/TCP echo server, the gRPC echo server, and the
+/// OTLP collector that prints the spans a waypoint sends it.
+pub const SAMPLE_APPS: &[SampleApp] = &[
+    SampleApp {
+        name: "echo",
+        port: 8080,
+        named: true,
+    },
+    SampleApp {
+        name: "grpc-echo",
+        port: 9090,
+        named: true,
+    },
+    SampleApp {
+        // OTLP/HTTP's registered port.
+        name: "otlp-collector",
+        port: 4318,
+        named: false,
+    },
+];
 
 /// A pod the objects ask for.
 #[derive(Debug, Clone, PartialEq)]
@@ -297,13 +328,12 @@ pub fn run_specs(pod: &DesiredPod, node: &str, ip: Ipv4Addr, launch: &Launch) ->
             continue;
         }
         let image = container.get("image").and_then(Value::as_str).unwrap_or("");
-        let echo = match app {
-            Some(app) => app == "echo",
-            None => sample_image(image) == Some("echo"),
-        };
-        if !echo {
+        let Some(sample) = app
+            .or_else(|| sample_image(image))
+            .and_then(|name| SAMPLE_APPS.iter().find(|s| s.name == name))
+        else {
             continue;
-        }
+        };
         let mut ports: Vec<u16> = container
             .get("ports")
             .and_then(Value::as_sequence)
@@ -318,20 +348,23 @@ pub fn run_specs(pod: &DesiredPod, node: &str, ip: Ipv4Addr, launch: &Launch) ->
             .filter_map(|p| u16::try_from(p).ok())
             .collect();
         if ports.is_empty() {
-            ports.push(DEFAULT_ECHO_PORT);
+            ports.push(sample.port);
         }
         for port in ports {
+            let mut args = vec![
+                "app".into(),
+                sample.name.into(),
+                "--listen".into(),
+                format!("0.0.0.0:{port}"),
+            ];
+            if sample.named {
+                args.extend(["--name".into(), pod.name.clone()]);
+            }
+            args.extend(strings("args"));
             specs.push(RunSpec {
                 name: log(&format!("-{port}")),
                 program: ambit.display().to_string(),
-                args: vec![
-                    "app".into(),
-                    "echo".into(),
-                    "--listen".into(),
-                    format!("0.0.0.0:{port}"),
-                    "--name".into(),
-                    pod.name.clone(),
-                ],
+                args,
                 env: env.clone(),
                 needs: Vec::new(),
             });
@@ -340,7 +373,8 @@ pub fn run_specs(pod: &DesiredPod, node: &str, ip: Ipv4Addr, launch: &Launch) ->
     specs
 }
 
-/// `echo` for `ambit/echo`, `ambit/echo:1`, `docker.io/ambit/echo@sha256:..`.
+/// `echo` for `ambit/echo`, `ambit/echo:1`, `docker.io/ambit/echo@sha256:..` (a sample app
+/// if it is one of [`SAMPLE_APPS`]).
 fn sample_image(image: &str) -> Option<&str> {
     let image = image.split('@').next()?;
     let (repo, name) = image.rsplit_once('/')?;

@@ -101,15 +101,20 @@ fn the_controller_gets_nodes_namespaces_vips_and_no_deployments() {
     assert!(files["service_shop_web.yaml"].contains("clusterIP: 10.96.0.10"));
 }
 
-#[test]
-fn echo_images_run_an_echo_server_per_port_and_commands_run_as_given() {
-    let ambit = &Launch {
+/// This binary at /usr/bin/ambit, no waypoint built.
+fn launch() -> Launch {
+    Launch {
         ambit: "/usr/bin/ambit".into(),
         waypoint: WaypointLaunch {
             program: None,
             data: "/lab/data".into(),
         },
-    };
+    }
+}
+
+#[test]
+fn echo_images_run_an_echo_server_per_port_and_commands_run_as_given() {
+    let ambit = &launch();
     let pods = desired_pods(&objects(DEPLOYMENT)).unwrap();
     let specs = run_specs(
         &pods["shop/web-0"],
@@ -148,6 +153,53 @@ fn echo_images_run_an_echo_server_per_port_and_commands_run_as_given() {
     );
     assert_eq!(specs[0].program, "/usr/bin/ambit");
     assert_eq!(specs[0].args, ["app", "connect", "10.0.0.1:80"]);
+}
+
+#[test]
+fn sample_apps_take_the_containers_args_after_their_own_flags() {
+    let ambit = &launch();
+    let pods = desired_pods(&objects(
+        "kind: Pod\nmetadata: {name: flaky, annotations: {lab.ambit.dev/app: echo}}\n\
+         spec: {containers: [{name: e, image: busybox, args: [--fail-every, 2]}]}\n\
+         ---\nkind: Pod\nmetadata: {name: grpc}\n\
+         spec: {containers: [{name: g, image: ambit/grpc-echo}]}\n\
+         ---\nkind: Pod\nmetadata: {name: traces}\n\
+         spec: {containers: [{name: t, image: ambit/otlp-collector}]}\n",
+    ))
+    .unwrap();
+    let args = |pod: &str| {
+        let specs = run_specs(&pods[pod], "node1", "10.244.1.2".parse().unwrap(), ambit);
+        assert_eq!(specs.len(), 1, "{pod}");
+        specs[0].args.clone()
+    };
+    assert_eq!(
+        args("default/flaky"),
+        [
+            "app",
+            "echo",
+            "--listen",
+            "0.0.0.0:8080",
+            "--name",
+            "flaky",
+            "--fail-every",
+            "2"
+        ]
+    );
+    assert_eq!(
+        args("default/grpc"),
+        [
+            "app",
+            "grpc-echo",
+            "--listen",
+            "0.0.0.0:9090",
+            "--name",
+            "grpc"
+        ]
+    );
+    assert_eq!(
+        args("default/traces"),
+        ["app", "otlp-collector", "--listen", "0.0.0.0:4318"]
+    );
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //! gateway's name, service account `<gateway>`, never captured: it speaks HBONE itself) running
 //! `ambit-waypoint`, and a Service `<gateway>` on port 15008 selecting it, through which the
 //! agents find it (`<gateway>.<ns>.svc.cluster.local`, as the controller's translation names it).
+//!
+//! Tracing is off unless the Gateway asks: the annotation [`OTLP_ANNOTATION`] (an OTLP/HTTP
+//! endpoint, `http://host:port`, e.g. a pod running `ambit/otlp-collector`) is handed to the
+//! waypoint as `--otlp-endpoint`, with spans sent every second so they show while one watches.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +14,7 @@ use std::path::PathBuf;
 use serde_yaml::Value;
 
 use super::admin::CONTROLLER_GRPC;
-use super::objects::{Key, Object, parse};
+use super::objects::{Key, Object, mapping_at, parse, string_map};
 use super::render::DesiredPod;
 use super::state::RunSpec;
 
@@ -20,6 +24,10 @@ pub const CLASSES: &[&str] = &["ambit-waypoint", "istio-waypoint"];
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// `lab.ambit.dev/app` value that runs the waypoint.
 pub const APP: &str = "waypoint";
+/// On a waypoint Gateway (and copied to its pod): where its waypoint sends traces.
+pub const OTLP_ANNOTATION: &str = "lab.ambit.dev/otlp-endpoint";
+/// How often a traced lab waypoint sends its spans (the waypoint's own default is 5 s).
+const OTLP_FLUSH_INTERVAL: &str = "1s";
 
 /// What the lab needs to start a waypoint.
 #[derive(Debug, Clone)]
@@ -51,7 +59,12 @@ pub fn objects(objects: &BTreeMap<Key, Object>) -> Vec<Object> {
              ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {gw}, namespace: {ns}}}\n\
              spec: {{selector: {{{GATEWAY_NAME_LABEL}: {gw}}}, ports: [{{name: mesh, port: 15008, targetPort: 15008}}]}}\n"
         );
-        let made = parse("waypoint", &text).expect("the lab's own YAML parses");
+        let mut made = parse("waypoint", &text).expect("the lab's own YAML parses");
+        if let Some(endpoint) = gateway.annotations().get(OTLP_ANNOTATION) {
+            let metadata = made[0].value.get_mut("metadata").expect("written above");
+            let annotations = mapping_at(metadata, "annotations");
+            annotations.insert(OTLP_ANNOTATION.into(), endpoint.as_str().into());
+        }
         added.extend(made.into_iter().filter(|o| !objects.contains_key(&o.key)));
     }
     added
@@ -71,19 +84,29 @@ pub fn run_spec(
         .join("tokens")
         .join(format!("waypoint-{}.{gateway}.token", pod.namespace));
     let root = launch.data.join("ca/root-cert.pem");
+    let mut args = vec![
+        "--waypoint".into(),
+        format!("{}/{gateway}", pod.namespace),
+        "--controller-addr".into(),
+        CONTROLLER_GRPC.into(),
+        "--root-cert".into(),
+        root.display().to_string(),
+        "--token-file".into(),
+        token.display().to_string(),
+    ];
+    let annotations = string_map(pod.value.get("metadata")?.get("annotations"));
+    if let Some(endpoint) = annotations.get(OTLP_ANNOTATION) {
+        args.extend([
+            "--otlp-endpoint".into(),
+            endpoint.clone(),
+            "--otlp-flush-interval".into(),
+            OTLP_FLUSH_INTERVAL.into(),
+        ]);
+    }
     Some(RunSpec {
         name: format!("{}-{}-waypoint", pod.namespace, pod.name),
         program: program.display().to_string(),
-        args: vec![
-            "--waypoint".into(),
-            format!("{}/{gateway}", pod.namespace),
-            "--controller-addr".into(),
-            CONTROLLER_GRPC.into(),
-            "--root-cert".into(),
-            root.display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-        ],
+        args,
         env,
         // The controller writes both once it runs and has seen the Gateway.
         needs: vec![root, token],
@@ -94,20 +117,39 @@ pub fn run_spec(
 mod tests {
     use super::*;
 
+    /// What the lab adds for the Gateways in `yaml`.
+    fn added_for(yaml: &str) -> Vec<Object> {
+        let objects: BTreeMap<Key, Object> = parse("x", yaml)
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.key.clone(), o))
+            .collect();
+        super::objects(&objects)
+    }
+
+    /// The waypoint process of the pod the lab made, `ambit-waypoint` built in /bin.
+    fn launched(pod: &Object) -> Option<RunSpec> {
+        let desired = DesiredPod {
+            namespace: pod.key.namespace.clone(),
+            name: pod.key.name.clone(),
+            value: pod.value.clone(),
+        };
+        let launch = WaypointLaunch {
+            program: Some("/bin/ambit-waypoint".into()),
+            data: "/lab/data".into(),
+        };
+        run_spec(&desired, &launch, Vec::new())
+    }
+
     #[test]
     fn a_waypoint_gateway_gets_a_pod_and_a_service() {
-        let gateway = parse(
-            "x",
+        let added = added_for(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
              metadata: {name: waypoint, namespace: demo}\n\
              spec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n\
              ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
              metadata: {name: ingress, namespace: demo}\nspec: {gatewayClassName: nginx}\n",
-        )
-        .unwrap();
-        let objects: BTreeMap<Key, Object> =
-            gateway.into_iter().map(|o| (o.key.clone(), o)).collect();
-        let added = super::objects(&objects);
+        );
         let keys: Vec<String> = added.iter().map(|o| o.key.to_string()).collect();
         assert_eq!(
             keys,
@@ -117,25 +159,47 @@ mod tests {
         assert_eq!(pod.labels()[GATEWAY_NAME_LABEL], "waypoint");
         assert_eq!(pod.labels()["istio.io/dataplane-mode"], "none");
 
-        let desired = DesiredPod {
-            namespace: "demo".into(),
-            name: "waypoint-waypoint".into(),
-            value: pod.value.clone(),
-        };
-        let launch = WaypointLaunch {
-            program: Some("/bin/ambit-waypoint".into()),
-            data: "/lab/data".into(),
-        };
-        let spec = run_spec(&desired, &launch, Vec::new()).unwrap();
+        let spec = launched(pod).unwrap();
         assert_eq!(spec.args[1], "demo/waypoint");
         assert_eq!(
             spec.args[7],
             "/lab/data/tokens/waypoint-demo.waypoint.token"
         );
+        assert_eq!(
+            spec.args.len(),
+            8,
+            "no tracing unless asked: {:?}",
+            spec.args
+        );
+        let desired = DesiredPod {
+            namespace: "demo".into(),
+            name: "waypoint-waypoint".into(),
+            value: pod.value.clone(),
+        };
         let unbuilt = WaypointLaunch {
             program: None,
-            ..launch
+            data: "/lab/data".into(),
         };
         assert!(run_spec(&desired, &unbuilt, Vec::new()).is_none());
+    }
+
+    #[test]
+    fn a_gateways_otlp_annotation_turns_its_waypoints_tracing_on() {
+        let added = added_for(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: traced, namespace: demo, annotations: \
+             {lab.ambit.dev/otlp-endpoint: \"http://collector.observability:4318\"}}\n\
+             spec: {gatewayClassName: istio-waypoint}\n",
+        );
+        let spec = launched(&added[0]).unwrap();
+        assert_eq!(
+            spec.args[8..],
+            [
+                "--otlp-endpoint",
+                "http://collector.observability:4318",
+                "--otlp-flush-interval",
+                "1s"
+            ]
+        );
     }
 }
