@@ -191,8 +191,7 @@ fn explain_names_the_waypoint_the_data_plane_goes_through() {
         "/via-waypoint",
     ]);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let log = std::fs::read_to_string(lab.root().join("logs/demo-waypoint-waypoint-waypoint.log"))
-        .unwrap_or_default();
+    let log = lab.log("demo-waypoint-waypoint-waypoint");
     assert!(log.contains("path=/via-waypoint"), "{log}");
     // A pod outside the mesh is not sent through it (no agent acts for it).
     let explained = lab.ok(&["explain", "outsider", "echo.demo:80"]);

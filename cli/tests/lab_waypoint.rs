@@ -6,32 +6,24 @@
 
 mod common;
 
+use std::time::Duration;
+
+use common::eventually;
 use common::lab::TestLab;
+use common::traffic::Response;
 
 /// The same objects the unit tests of `explain` translate (`cmd::testing::WAYPOINT_LAB`).
 const MESH: &str = include_str!("../src/cmd/testing_waypoint.yaml");
 
-/// `GET <path>` from the client pod to Service echo: the status line and the server's name.
-fn get(lab: &TestLab, path: &str) -> (String, String, String) {
+/// `GET <path>` from the client pod to Service echo.
+fn get(lab: &TestLab, path: &str) -> Response {
     get_with(lab, path, &[])
 }
 
 /// [`get`] with request headers (`name=value`).
-fn get_with(lab: &TestLab, path: &str, headers: &[&str]) -> (String, String, String) {
-    let mut args = vec![
-        "exec", "client", "--", "ambit", "app", "connect", "echo:80", "--http", path,
-    ];
-    for h in headers {
-        args.extend(["--header", h]);
-    }
-    let out = lab.ok(&args);
-    let status = out.lines().next().unwrap_or_default().to_owned();
-    let server = out
-        .lines()
-        .find_map(|l| l.strip_prefix("server="))
-        .unwrap_or_default()
-        .to_owned();
-    (status, server, out)
+fn get_with(lab: &TestLab, path: &str, headers: &[&str]) -> Response {
+    let args: Vec<&str> = headers.iter().flat_map(|h| ["--header", h]).collect();
+    lab.http("client", "echo:80", path, &args)
 }
 
 /// `ambit explain client echo:80` for `GET <path>` with `headers`, against what the request
@@ -47,17 +39,20 @@ fn explain_agrees(lab: &TestLab, path: &str, headers: &[&str]) {
         .lines()
         .find(|l| l.starts_with("Verdict: "))
         .unwrap_or_else(|| panic!("no verdict in:\n{explained}"));
-    let (status, server, out) = get_with(lab, path, headers);
-    let what = format!("GET {path} {headers:?}: explain said\n{explained}\nthe request got\n{out}");
+    let got = get_with(lab, path, headers);
+    let what = format!(
+        "GET {path} {headers:?}: explain said\n{explained}\nthe request got\n{}",
+        got.text
+    );
     if let Some(rest) = verdict.split_once("the waypoint answers ").map(|(_, r)| r) {
         let code = rest.split_whitespace().next().unwrap();
-        assert!(status.starts_with(&format!("HTTP/1.1 {code}")), "{what}");
+        assert_eq!(got.status.to_string(), code, "{what}");
     } else {
         assert!(
             verdict.starts_with("Verdict: ALLOWED: the waypoint forwards"),
             "{what}"
         );
-        assert!(status.starts_with("HTTP/1.1 200"), "{what}");
+        assert_eq!(got.status, 200, "{what}");
         // The server that answered is an endpoint of the backend explain picked.
         let endpoints: Vec<&str> = explained
             .lines()
@@ -65,6 +60,7 @@ fn explain_agrees(lab: &TestLab, path: &str, headers: &[&str]) {
             .flat_map(|e| e.split(", "))
             .filter_map(|e| e.split_whitespace().next())
             .collect();
+        let server = &got.server;
         assert!(
             endpoints.iter().any(|e| *e == format!("demo/{server}")),
             "{server} is not among {endpoints:?}: {what}"
@@ -79,23 +75,24 @@ fn the_controller_configures_the_waypoint_from_httproute_faults_and_policies() {
 
     // The catch-all rule: v1 only, with the header the route adds.
     for _ in 0..5 {
-        let (status, server, out) = get(&lab, "/hello");
-        assert!(status.starts_with("HTTP/1.1 200"), "{out}");
-        assert!(server.contains("server") && !server.contains("v2"), "{out}");
-        assert!(out.contains("header x-routed-by: httproute"), "{out}");
+        let got = get(&lab, "/hello");
+        got.assert_answered(200, "server");
+        assert!(
+            got.text.contains("header x-routed-by: httproute"),
+            "{}",
+            got.text
+        );
     }
     // A query-parameter match sends to v2.
-    let (status, server, out) = get(&lab, "/hello?version=v2");
-    assert!(
-        status.starts_with("HTTP/1.1 200") && server.contains("server-v2"),
-        "{out}"
-    );
+    let got = get(&lab, "/hello?version=v2");
+    got.assert_answered(200, "server-v2");
     // The HTTPFault the rule names aborts every request with its status.
-    let (status, _, out) = get(&lab, "/teapot");
-    assert!(status.starts_with("HTTP/1.1 418"), "{out}");
+    let got = get(&lab, "/teapot");
+    assert_eq!(got.status, 418, "{}", got.text);
     // L7 policy at the waypoint: 403 with the policy named.
-    let (status, _, out) = get(&lab, "/secret/keys");
-    assert!(status.starts_with("HTTP/1.1 403"), "{out}");
+    let got = get(&lab, "/secret/keys");
+    assert_eq!(got.status, 403, "{}", got.text);
+    assert!(got.reason.contains("demo/no-secrets"), "{}", got.text);
 
     // explain says what the waypoint does with each request, and the waypoint does it.
     for (path, headers) in [
@@ -109,8 +106,7 @@ fn the_controller_configures_the_waypoint_from_httproute_faults_and_policies() {
     }
 
     // The waypoint saw and logged each of them.
-    let log = std::fs::read_to_string(lab.root().join("logs/demo-waypoint-waypoint-waypoint.log"))
-        .unwrap_or_default();
+    let log = lab.log("demo-waypoint-waypoint-waypoint");
     for needle in [
         "path=/teapot",
         "status=418",
@@ -132,44 +128,23 @@ fn the_controller_configures_the_waypoint_from_httproute_faults_and_policies() {
     )
     .unwrap();
     lab.ok(&["apply", "-f", file.to_str().unwrap()]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let (_, server, out) = get(&lab, "/teapot");
-        if server.contains("server-v2") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new route never applied: {out}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    eventually("the new route applies", Duration::from_secs(30), || {
+        let got = get(&lab, "/teapot");
+        (got.server == "server-v2").then_some(()).ok_or(got.text)
+    });
 
     // Only via the waypoint: the pod dialled directly (bypassing the waypoint's L7 policy) is
     // refused by its node agent, while the service, through the waypoint, still answers.
     lab.ok(&["label", "namespace", "demo", "ambit.dev/waypoint-only=true"]);
-    let pods = lab.ok(&["get", "pods"]);
-    let server_ip = pods
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|cols| cols.get(1) == Some(&"server"))
-        .map(|cols| cols[3].to_owned())
-        .unwrap_or_else(|| panic!("no server pod in {pods}"));
-    let direct = format!("{server_ip}:8080");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    let direct = format!("{}:8080", lab.pod_ip("server"));
+    eventually("the bypass is refused", Duration::from_secs(30), || {
         let out = lab.run(&[
             "exec", "client", "--", "ambit", "app", "connect", &direct, "--http", "/secret",
         ]);
-        if !out.status.success() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bypass was never refused: {out:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let (status, _, out) = get(&lab, "/hello");
-    assert!(status.starts_with("HTTP/1.1 200"), "{out}");
+        (!out.status.success())
+            .then_some(())
+            .ok_or_else(|| format!("{out:?}"))
+    });
+    let got = get(&lab, "/hello");
+    assert_eq!(got.status, 200, "{}", got.text);
 }

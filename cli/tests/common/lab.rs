@@ -88,6 +88,16 @@ impl TestLab {
         self.ok(&["lab", "up", "--nodes", "2", "-f", file.to_str().unwrap()]);
     }
 
+    /// The IP of pod `name` (any namespace), from `ambit get pods`.
+    pub fn pod_ip(&self, name: &str) -> String {
+        let pods = self.ok(&["get", "pods"]);
+        pods.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.get(1) == Some(&name))
+            .map(|cols| cols[3].to_owned())
+            .unwrap_or_else(|| panic!("no pod {name} in\n{pods}"))
+    }
+
     /// Namespaces of this lab that exist.
     pub fn namespaces(&self) -> Vec<String> {
         let out = Command::new("ip").args(["netns", "list"]).output().unwrap();

@@ -1,21 +1,43 @@
 //! Helpers shared by the `ambit` binary's integration tests: running `ambit app echo` and
-//! reading its event lines.
+//! reading its event lines, a lab of a test's own ([`lab`]) and the traffic it carries
+//! ([`traffic`]), and waiting for something to become true ([`eventually`]).
 
 // Each test binary compiles its own copy and uses a different part of it.
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod traffic;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Upper bound for an event line a test waits for; only a broken run comes near it.
 pub const LINE_DEADLINE: Duration = Duration::from_secs(20);
 
 pub const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
+
+/// Retries `check` every 100 ms until it returns `Ok`; panics with its last error once
+/// `deadline` has passed. Deadlines are generous bounds for a loaded CI machine, not
+/// performance assertions.
+pub fn eventually<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if start.elapsed() > deadline => {
+                panic!("{what}: still not so after {deadline:?}: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
 
 /// A running `ambit app echo`, killed on drop.
 pub struct Echo {
