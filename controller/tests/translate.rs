@@ -187,13 +187,6 @@ spec:
     )
 }
 
-fn waypoint_host(addr: &Option<api::GatewayAddress>) -> Option<String> {
-    match addr.as_ref()?.destination.as_ref()? {
-        api::gateway_address::Destination::Hostname(h) => Some(h.hostname.clone()),
-        api::gateway_address::Destination::Address(a) => Some(a.clone()),
-    }
-}
-
 #[test]
 fn use_waypoint_follows_istio_rules() {
     let ns = r#"

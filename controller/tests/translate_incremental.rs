@@ -2,8 +2,9 @@
 //! the translator's snapshot equals `translate(state)`, and what it reports as changed is exactly
 //! what differs between the two full translations. Checked over a scripted sequence that touches
 //! every dependency (namespace labels, services, selector and root-namespace policies, peer
-//! authentication, waypoints across namespaces, routes and the faults they name, backend policies)
-//! and over a long seeded random one.
+//! authentication, waypoints across namespaces and for service accounts, routes and the faults
+//! they name and the listeners they attach through, backend policies) and over a long seeded
+//! random one.
 
 mod translate_common;
 
@@ -144,6 +145,24 @@ fn waypoint(ns: &str, name: &str, class: &str, waypoint_for: &str) -> String {
     )
 }
 
+/// A waypoint for one service account, admitting routes from namespaces labelled `routes: yes`.
+fn account_waypoint(ns: &str, name: &str, account: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: {name}, namespace: {ns}, labels: {{istio.io/waypoint-for: all}},\n  \
+         annotations: {{istio.io/for-service-account: {account}}}}}\n\
+         spec: {{gatewayClassName: ambit-waypoint, listeners: [{{name: mesh, port: 15008, protocol: HBONE,\n  \
+         allowedRoutes: {{namespaces: {{from: Selector, selector: {{matchLabels: {{routes: 'yes'}}}}}}}}}}]}}\n"
+    )
+}
+
+fn gateway_route(ns: &str, name: &str, gateway_ns: &str, gateway: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{parentRefs: [{{name: {gateway}, namespace: {gateway_ns}}}], rules: [{{backendRefs: [{{name: front, port: 80}}]}}]}}\n"
+    )
+}
+
 fn peer_authentication(ns: &str, name: &str, selector: &str, mode: &str) -> String {
     format!(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\n\
@@ -244,6 +263,23 @@ fn every_kind_of_change_matches_a_translation_from_scratch() {
     f.apply(&waypoint("shop", "wp2", "istio-waypoint", "service"));
     f.delete(key(Kind::Gateway, "infra", "wp"));
 
+    // A waypoint for one service account: a service all of whose pods run as it follows it, a
+    // pod of another account joining the service takes it off, and leaving puts it back.
+    f.apply(&account_waypoint("shop", "cart-wp", "cart-sa"));
+    f.apply(&service("shop", "carts", "tier: carts", ""));
+    f.apply(&pod("shop", "cart", ", tier: carts", "10.244.1.5"));
+    f.apply(&pod("shop", "db", ", tier: carts", "10.244.1.6"));
+    f.apply(&pod("shop", "db", "", "10.244.1.6"));
+    f.delete(key(Kind::Pod, "shop", "cart"));
+    f.apply(&pod("shop", "cart", ", tier: carts", "10.244.1.5"));
+
+    // A route attaches through the listener's namespace selector once its namespace is labelled.
+    f.apply(&gateway_route("legacy", "via-cart-wp", "shop", "cart-wp"));
+    f.apply(&namespace("legacy", "routes: 'yes'"));
+    f.apply(&namespace("legacy", ""));
+    f.apply(&gateway_route("legacy", "via-cart-wp", "shop", "wp2"));
+    f.delete(key(Kind::Gateway, "shop", "cart-wp"));
+
     // Routes and the faults they name (created before and after the route), backend policies.
     f.apply(&http_fault("shop", "flaky", 503));
     f.apply(&http_route("shop", "front", "flaky"));
@@ -306,7 +342,8 @@ fn a_long_random_sequence_matches_a_translation_from_scratch() {
                     "istio.io/dataplane-mode: ambient",
                     "istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp",
                     "istio.io/use-waypoint: wp, istio.io/use-waypoint-namespace: a",
-                ][rng.random_range(0..4)],
+                    "routes: 'yes'",
+                ][rng.random_range(0..5)],
             ),
             4 => service(ns, &format!("s{n}"), &format!("role: {app}"), ""),
             5 => selector_policy(
@@ -320,12 +357,14 @@ fn a_long_random_sequence_matches_a_translation_from_scratch() {
                 ["", "selector: {matchLabels: {role: x}}, "][rng.random_range(0..2)],
                 ["STRICT", "PERMISSIVE", "DISABLE", "UNSET"][rng.random_range(0..4)],
             ),
+            7 if n == 3 => account_waypoint(ns, "wp", &format!("p{}-sa", rng.random_range(0..4))),
             7 => waypoint(
                 ns,
                 "wp",
                 "ambit-waypoint",
                 ["service", "workload", "all", "none"][n],
             ),
+            8 if n == 3 => gateway_route(ns, "r3", namespaces[rng.random_range(0..2)], "wp"),
             8 => http_route(
                 ns,
                 &format!("r{n}"),

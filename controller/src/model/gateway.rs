@@ -4,6 +4,7 @@
 //! fields often, the API server validates them on a cluster, and a field Ambit does not act on does
 //! not widen anyone's access.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -20,6 +21,38 @@ pub struct Listener {
     pub name: String,
     pub port: u16,
     pub protocol: String,
+    /// Which routes may attach through this listener; by default, those of the Gateway's own
+    /// namespace, of any kind.
+    #[serde(default)]
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedRoutes {
+    #[serde(default)]
+    pub namespaces: Option<RouteNamespaces>,
+    #[serde(default)]
+    pub kinds: Vec<RouteGroupKind>,
+}
+
+/// `from`: `Same` (the default), `All`, or `Selector` (namespaces whose labels `selector` matches).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNamespaces {
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub selector: Option<LabelSelector>,
+}
+
+/// `group` defaults to gateway.networking.k8s.io.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteGroupKind {
+    #[serde(default)]
+    pub group: Option<String>,
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -32,6 +65,9 @@ pub struct ParentReference {
     pub name: String,
     #[serde(default)]
     pub namespace: Option<String>,
+    /// A listener's name (for a Gateway).
+    #[serde(default)]
+    pub section_name: Option<String>,
     #[serde(default)]
     pub port: Option<u16>,
 }

@@ -194,6 +194,12 @@ impl ClusterState {
         self.of_kind(Kind::Gateway).filter_map(as_gateway)
     }
 
+    /// The Gateways of one namespace, by name.
+    pub fn gateways_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Gateway> {
+        self.in_namespace(Kind::Gateway, namespace)
+            .filter_map(as_gateway)
+    }
+
     pub fn gateway(&self, namespace: &str, name: &str) -> Option<&Gateway> {
         self.get(&ObjectRef {
             kind: Kind::Gateway,

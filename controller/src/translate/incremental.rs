@@ -6,12 +6,12 @@
 //!
 //! | change | re-translated |
 //! |---|---|
-//! | Pod | that pod's workload |
+//! | Pod | that pod's workload; in a namespace with a per-service-account waypoint, when its labels or account change (or it comes or goes), that namespace's services too (a Service uses that waypoint when all its pods run as the account) |
 //! | AuthorizationPolicy | that policy; with a selector (before or after), the workloads of its namespace (every workload for the root namespace: its selector policies select across the mesh) |
 //! | Service | that service; the workloads of its namespace (`Workload.services`) |
-//! | Namespace (labels) | the workloads and services of that namespace (capture, waypoint) |
+//! | Namespace (labels) | the workloads and services of that namespace (capture, waypoint); every route (a listener's `allowedRoutes` may select namespaces by label) |
 //! | PeerAuthentication | the workloads of its namespace (every workload for the root namespace) |
-//! | Gateway | every workload and service (`use-waypoint-namespace` can point anywhere) |
+//! | Gateway | every workload, service and route (`use-waypoint-namespace` can point anywhere; a route attaches through the Gateway's listeners) |
 //! | HTTPRoute, DestinationRule | that route, that backend policy |
 //! | HTTPFault | the routes of its namespace (rules name faults in their own namespace) |
 //! | Node, ServiceAccount | nothing (translation does not read them) |
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use ambit_proto::api;
 use k8s_openapi::api::core::v1::{Pod, Service};
 
-use super::{Settings, Snapshot, authorization, backend, route, service, workload};
+use super::{Settings, Snapshot, authorization, backend, route, service, waypoint, workload};
 use crate::model::{self, ClusterState, Kind, Object, ObjectRef};
 
 /// Resources that changed in one update: the new version, or `None` when removed.
@@ -65,6 +65,7 @@ pub struct Translator {
 struct Dirty {
     all_pods: bool,
     all_services: bool,
+    all_routes: bool,
     pod_namespaces: BTreeSet<String>,
     service_namespaces: BTreeSet<String>,
     route_namespaces: BTreeSet<String>,
@@ -73,7 +74,8 @@ struct Dirty {
 }
 
 impl Dirty {
-    fn of(changes: &[model::Change], root_namespace: &str) -> Dirty {
+    /// `state` is the state after `changes`.
+    fn of(changes: &[model::Change], root_namespace: &str, state: &ClusterState) -> Dirty {
         let mut dirty = Dirty::default();
         for change in changes {
             let key = &change.key;
@@ -81,6 +83,18 @@ impl Dirty {
             match key.kind {
                 Kind::Pod => {
                     dirty.objects.insert(key.clone());
+                    let selected = |o: Option<&Object>| match o {
+                        Some(Object::Pod(p)) => Some((
+                            model::labels(&p.metadata).clone(),
+                            workload::service_account(p).to_string(),
+                        )),
+                        _ => None,
+                    };
+                    if selected(before) != selected(after)
+                        && waypoint::has_account_waypoints(state, &key.namespace)
+                    {
+                        dirty.service_namespaces.insert(key.namespace.clone());
+                    }
                 }
                 Kind::Service => {
                     dirty.objects.insert(key.clone());
@@ -100,11 +114,13 @@ impl Dirty {
                     if labels(before) != labels(after) {
                         dirty.pod_namespaces.insert(key.name.clone());
                         dirty.service_namespaces.insert(key.name.clone());
+                        dirty.all_routes = true;
                     }
                 }
                 Kind::Gateway => {
                     dirty.all_pods = true;
                     dirty.all_services = true;
+                    dirty.all_routes = true;
                 }
                 Kind::HttpRoute | Kind::DestinationRule => {
                     dirty.objects.insert(key.clone());
@@ -183,7 +199,7 @@ impl Translator {
     /// Brings the snapshot from the state before `changes` to `state` (the state after them),
     /// re-translating only what the changes can affect. Returns what differs.
     pub fn update(&mut self, state: &ClusterState, changes: &[model::Change]) -> Changes {
-        let dirty = Dirty::of(changes, &self.settings.root_namespace);
+        let dirty = Dirty::of(changes, &self.settings.root_namespace, state);
         let mut out = Changes::default();
         for key in &dirty.objects {
             let (ns, name) = (key.namespace.as_str(), key.name.as_str());
@@ -230,9 +246,15 @@ impl Translator {
                 _ => {}
             }
         }
-        for ns in &dirty.route_namespaces {
-            for r in state.http_routes_in(ns) {
+        if dirty.all_routes {
+            for r in state.http_routes() {
                 self.route(state, r, &mut out);
+            }
+        } else {
+            for ns in &dirty.route_namespaces {
+                for r in state.http_routes_in(ns) {
+                    self.route(state, r, &mut out);
+                }
             }
         }
         if dirty.all_pods {

@@ -9,6 +9,7 @@
 //! the first state, translation is incremental ([`incremental`]): a change re-translates only the
 //! objects it can affect, so one pod change costs one pod's translation, not 10k.
 
+pub mod attach;
 pub mod authorization;
 pub mod backend;
 pub mod incremental;
@@ -22,10 +23,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ambit_proto::api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 pub use incremental::{Changes, Translator};
 
-use crate::model::{AuthorizationPolicy, ClusterState, Object};
+use crate::model::{self, AuthorizationPolicy, ClusterState, Object};
 
 /// Mesh-wide settings translation depends on.
 #[derive(Debug, Clone)]
@@ -94,13 +96,38 @@ pub fn validate(object: &Object) -> Result<(), ValidationError> {
         Object::HttpRoute(r) => route::validate(r),
         Object::HttpFault(f) => route::fault(&f.spec).map(drop),
         Object::DestinationRule(d) => backend::validate(d),
-        Object::Gateway(gw) if waypoint::is_waypoint(gw) => match waypoint::waypoint_for(gw) {
-            "service" | "workload" | "all" | "none" => Ok(()),
-            other => Err(ValidationError::new(
+        Object::Gateway(gw) if waypoint::is_waypoint(gw) => validate_waypoint(gw),
+        _ => Ok(()),
+    }
+}
+
+fn validate_waypoint(gw: &model::Gateway) -> Result<(), ValidationError> {
+    match waypoint::waypoint_for(gw) {
+        "service" | "workload" | "all" | "none" => {}
+        other => {
+            return Err(ValidationError::new(
                 format!("metadata.labels[{}]", waypoint::WAYPOINT_FOR),
                 format!("{other:?} is not one of service, workload, all, none"),
-            )),
-        },
+            ));
+        }
+    }
+    let account = gw
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(waypoint::FOR_SERVICE_ACCOUNT));
+    let field = || format!("metadata.annotations[{}]", waypoint::FOR_SERVICE_ACCOUNT);
+    match account.map(String::as_str) {
+        Some("") => Err(ValidationError::new(field(), "names no service account")),
+        // The waypoint's own identity is sa/<gateway>: named like the account it serves, it
+        // would hold the identity of those workloads, and its ServiceAccount would be theirs.
+        Some(sa) if sa == model::name(&gw.metadata) => Err(ValidationError::new(
+            field(),
+            format!(
+                "the Gateway is named like the service account {sa:?} it serves; a waypoint runs \
+                 as a ServiceAccount named after its Gateway, so name it otherwise (e.g. {sa}-waypoint)"
+            ),
+        )),
         _ => Ok(()),
     }
 }
@@ -142,6 +169,28 @@ pub fn selector_matches(
     labels: &BTreeMap<String, String>,
 ) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A full Kubernetes label selector: `matchLabels` and `matchExpressions` (In, NotIn, Exists,
+/// DoesNotExist), all of which must hold. An unknown operator matches nothing, as the API
+/// server would have refused it.
+pub fn label_selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| selector_matches(m, labels));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
 }
 
 /// Translates the whole state. The pipeline translates incrementally instead ([`Translator`]);

@@ -5,6 +5,9 @@
 //! before it is accepted, so a route the controller sends never makes a waypoint refuse its config
 //! (a NACK holds back every route, not just the bad one).
 //!
+//! Parents are kept as [`attach`] decides, so a waypoint whose listeners refuse the route is
+//! never sent it.
+//!
 //! References that cannot be followed are not errors of the route, as Gateway API says: a backend
 //! that is not a Service, or is in another namespace (Ambit does not read ReferenceGrant, so it
 //! never grants one), keeps its weight and gets 500 (an unknown service, empty hostname); a
@@ -13,10 +16,11 @@
 use ambit_proto::api::{self, filter, path_match, path_rewrite, value_match};
 use ambit_proto::settings::parse_duration;
 
+use super::attach::{self, ParentKind};
 use super::{Settings, ValidationError, service};
 use crate::model::gateway::{
     BackendObjectReference, HeaderModifier, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
-    PathModifier,
+    ParentReference, PathModifier,
 };
 use crate::model::traffic::HttpFaultSpec;
 use crate::model::{self, ClusterState, HttpRoute};
@@ -29,21 +33,26 @@ pub fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-/// Translates `route`, reading its HTTPFaults from `state`.
+/// Translates `route`, reading its HTTPFaults from `state` and keeping the parents it attaches
+/// to there ([`attach::sent`]).
 pub fn translate(
     route: &HttpRoute,
     state: &ClusterState,
     settings: &Settings,
 ) -> Result<api::Route, ValidationError> {
-    translate_with(route, settings, &|ns, name| {
-        state.http_fault(ns, name).map(|f| &f.spec)
-    })
+    let namespace = model::namespace(&route.metadata);
+    translate_with(
+        route,
+        settings,
+        &|ns, name| state.http_fault(ns, name).map(|f| &f.spec),
+        &|p| attach::sent(state, namespace, p),
+    )
 }
 
 /// Checks a route on its own (no HTTPFault can be looked up: they are checked by their own
 /// validation).
 pub fn validate(route: &HttpRoute) -> Result<(), ValidationError> {
-    translate_with(route, &Settings::default(), &|_, _| None).map(drop)
+    translate_with(route, &Settings::default(), &|_, _| None, &|_| true).map(drop)
 }
 
 type Faults<'a> = dyn Fn(&str, &str) -> Option<&'a HttpFaultSpec> + 'a;
@@ -52,6 +61,7 @@ fn translate_with<'a>(
     route: &HttpRoute,
     settings: &Settings,
     faults: &Faults<'a>,
+    attaches: &dyn Fn(&ParentReference) -> bool,
 ) -> Result<api::Route, ValidationError> {
     let meta = &route.metadata;
     let namespace = model::namespace(meta);
@@ -59,17 +69,16 @@ fn translate_with<'a>(
         .spec
         .parent_refs
         .iter()
+        .filter(|p| attaches(p))
+        // Other parents (an ingress implementation's kinds) are some other controller's.
         .filter_map(|p| {
-            let group = p.group.as_deref().unwrap_or("gateway.networking.k8s.io");
-            let kind = p.kind.as_deref().unwrap_or("Gateway");
-            // Other parents (an ingress implementation's kinds) are some other controller's.
-            let ours = matches!(
-                (group, kind),
-                ("gateway.networking.k8s.io", "Gateway") | ("" | "core", "Service")
-            );
-            ours.then(|| api::ParentRef {
+            let kind = match attach::kind(p)? {
+                ParentKind::Gateway => "Gateway",
+                ParentKind::Service => "Service",
+            };
+            Some(api::ParentRef {
                 kind: kind.to_string(),
-                namespace: p.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+                namespace: attach::namespace(p, namespace).to_string(),
                 name: p.name.clone(),
                 port: p.port.map_or(0, u32::from),
             })

@@ -1,10 +1,10 @@
-//! Service -> `ambit.v1.Service`.
+//! Service -> `ambit.v1.Service`: its addresses, ports, and waypoint.
 
 use ambit_proto::api;
 use k8s_openapi::api::core::v1::Service;
 
-use super::Settings;
 use super::waypoint::{self, Traffic};
+use super::{Settings, selector_matches, workload};
 use crate::model::{self, ClusterState};
 
 pub fn hostname(name: &str, namespace: &str, settings: &Settings) -> String {
@@ -61,10 +61,14 @@ pub fn translate(svc: &Service, state: &ClusterState, settings: &Settings) -> Op
         waypoint: if model::labels(meta).contains_key(waypoint::GATEWAY_NAME_LABEL) {
             None
         } else {
+            let account = waypoint::has_account_waypoints(state, namespace)
+                .then(|| account(svc, state))
+                .flatten();
             waypoint::resolve(
                 state,
                 namespace,
                 model::labels(meta),
+                account,
                 Traffic::Service,
                 &settings.cluster_domain,
             )
@@ -72,4 +76,21 @@ pub fn translate(svc: &Service, state: &ClusterState, settings: &Settings) -> Op
         load_balancing: api::LoadBalancingMode::PowerOfTwo as i32,
         headless,
     })
+}
+
+/// The service account every pod the service selects runs as, if they share one (and there is
+/// at least one): then a waypoint for that account serves the service.
+fn account<'a>(svc: &'a Service, state: &'a ClusterState) -> Option<&'a str> {
+    let selector = svc
+        .spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())?;
+    let mut accounts = state
+        .pods_in(model::namespace(&svc.metadata))
+        .filter(|pod| selector_matches(selector, model::labels(&pod.metadata)))
+        .map(workload::service_account);
+    let first = accounts.next()?;
+    accounts.all(|a| a == first).then_some(first)
 }

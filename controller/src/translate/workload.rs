@@ -87,6 +87,7 @@ pub fn translate(pod: &Pod, state: &ClusterState, settings: &Settings) -> Option
     let own_waypoint = gateway_name
         .and_then(|gw| state.gateway(namespace, gw))
         .filter(|gw| waypoint::is_waypoint(gw));
+    let service_account = service_account(pod);
     let waypoint = if gateway_name.is_some() {
         None
     } else {
@@ -94,6 +95,7 @@ pub fn translate(pod: &Pod, state: &ClusterState, settings: &Settings) -> Option
             state,
             namespace,
             labels,
+            Some(service_account),
             Traffic::Workload,
             &settings.cluster_domain,
         )
@@ -127,11 +129,7 @@ pub fn translate(pod: &Pod, state: &ClusterState, settings: &Settings) -> Option
         .map(|p| authorization::key(model::namespace(&p.metadata), model::name(&p.metadata)))
         .collect();
 
-    let service_account = spec
-        .service_account_name
-        .clone()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".to_string());
+    let service_account = service_account.to_string();
     let workload_name = workload_name(pod);
     Some(api::Workload {
         uid: uid(namespace, name, settings),
@@ -181,6 +179,15 @@ pub fn translate(pod: &Pod, state: &ClusterState, settings: &Settings) -> Option
         // A waypoint's own pods are reached by agents, never through a waypoint.
         waypoint_only: waypoint_only && gateway_name.is_none(),
     })
+}
+
+/// The account the pod runs as: `default` unless it names one.
+pub fn service_account(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
 }
 
 fn first_label<'a>(labels: &'a BTreeMap<String, String>, keys: &[&str]) -> Option<&'a str> {

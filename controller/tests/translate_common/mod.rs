@@ -32,6 +32,14 @@ pub fn workload<'a>(s: &'a Snapshot, ns: &str, name: &str) -> &'a api::Workload 
         .unwrap_or_else(|| panic!("no workload {ns}/{name} in {:?}", s.workloads.keys()))
 }
 
+/// The hostname (or address) of the waypoint a resource goes through.
+pub fn waypoint_host(addr: &Option<api::GatewayAddress>) -> Option<String> {
+    match addr.as_ref()?.destination.as_ref()? {
+        api::gateway_address::Destination::Hostname(h) => Some(h.hostname.clone()),
+        api::gateway_address::Destination::Address(a) => Some(a.clone()),
+    }
+}
+
 pub fn pod(ns: &str, name: &str, extra_labels: &str, ip: &str) -> String {
     format!(
         r#"
