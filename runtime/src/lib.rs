@@ -4,10 +4,12 @@
 //! - [`process`]: `main` for every binary (flags -> exit 64, logging with a run-time level,
 //!   runtime, SIGTERM);
 //! - [`admin`]: the admin server (readiness, metrics, log level) on its own thread;
-//! - [`config_stream`]: the config stream to the controller, started and stopped as one piece.
-#![forbid(unsafe_code)]
+//! - [`config_stream`]: the config stream to the controller, started and stopped as one piece;
+//! - [`alloc`]: the node agent's malloc settings (the crate's only `unsafe`).
+#![deny(unsafe_code)]
 
 pub mod admin;
+pub mod alloc;
 pub mod config_stream;
 pub mod flags;
 pub mod process;
