@@ -10,7 +10,9 @@ use std::time::Duration;
 use ambit_proto::api::{self, resource::Kind, type_url};
 use ambit_proto::hbone::REASON_HEADER;
 use ambit_waypoint::proxy::Protocol;
+use bytes::Bytes;
 use common::*;
+use http_body_util::Full;
 
 fn retry(attempts: u32, codes: &[u32]) -> Option<api::RetryPolicy> {
     Some(api::RetryPolicy {
@@ -92,7 +94,61 @@ async fn a_per_try_timeout_gives_504() {
         assert!(a.header(REASON_HEADER).contains("timeout"), "{}", a.body);
         // A GET is idempotent: the timed-out try was retried once before giving up.
         assert_eq!(b.requests.load(Ordering::Relaxed), 2);
-        assert!(mesh.metrics().contains("response_flags=\"UT\""));
+        // Counted against the workload that timed out, as Istio counts it.
+        let metrics = mesh.metrics();
+        let timed_out = metrics
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"UT\""))
+            .unwrap_or_else(|| panic!("no UT request counted:\n{metrics}"));
+        assert!(
+            timed_out.contains("destination_workload=\"slow\""),
+            "{timed_out}"
+        );
+        assert!(timed_out.contains("response_code=\"504\""), "{timed_out}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_short_response_arrives_whole_and_one_that_stalls_past_the_timeout_gets_504() {
+    within(async {
+        let mesh = Mesh::start().await;
+        let stalling = Behaviour {
+            body_delay: Duration::from_millis(300),
+            ..Behaviour::default()
+        };
+        let b = Backend::start(&mesh, "stall", stalling).await;
+        mesh.service("stall", "10.96.1.21", &[&b]);
+        let rule = |request_ms| api::RouteRule {
+            backends: vec![backend_ref("stall", 1)],
+            timeouts: Some(api::Timeouts {
+                request_ms,
+                backend_request_ms: 0,
+            }),
+            ..Default::default()
+        };
+        // The head comes at once, the body 300 ms later: a patient route gets all of it.
+        mesh.route(route("stall", "stall", vec![rule(2_000)]));
+        let echo = || {
+            get("/items")
+                .method("POST")
+                .body(Full::new(Bytes::from_static(b"0123456789")))
+                .unwrap()
+        };
+        let mut client = mesh.http("10.96.1.21", Protocol::Http1).await;
+        let answer = client.send(echo()).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body, "0123456789");
+        // The request's timeout covers the body the waypoint waits for, not only the head.
+        mesh.route(route("stall", "stall", vec![rule(100)]));
+        let mut client = mesh.http("10.96.1.21", Protocol::Http1).await;
+        let answer = client.send(echo()).await;
+        assert_eq!(answer.status, 504, "{}", answer.body);
+        assert!(
+            answer.header(REASON_HEADER).contains("time"),
+            "{}",
+            answer.body
+        );
     })
     .await;
 }

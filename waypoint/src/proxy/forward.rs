@@ -126,6 +126,9 @@ pub async fn forward(
         tried.push(endpoint.addr);
         record.attempts = attempt + 1;
         record.upstream = Some(endpoint.addr);
+        // Labelled with the endpoint tried, so a request that times out or fails is counted
+        // against the workload that failed it (as Istio's are), not as "unknown".
+        record.destination(None, Some(&endpoint.workload));
         let Some(attempt_body) = body.take() else {
             // The body went out with an earlier attempt and cannot be sent again.
             return Err(last);

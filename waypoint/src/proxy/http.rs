@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::{ConnState, Context, Downstream, Protocol, request};
+use crate::metrics::PeerLabels;
 
 pub async fn serve<S>(
     ctx: Arc<Context>,
@@ -26,7 +27,12 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let source_labels = Arc::new(PeerLabels::new(
+        down.source.as_deref(),
+        down.source_identity.to_string(),
+    ));
     let conn = Arc::new(ConnState {
+        source_labels,
         down,
         protocol,
         cache: Default::default(),

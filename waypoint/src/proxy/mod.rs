@@ -122,6 +122,8 @@ pub struct Downstream {
 /// Per downstream connection: who it is and the upstream connections opened on its behalf.
 pub struct ConnState {
     pub down: Downstream,
+    /// The source side of every request's metric labels, built once per connection.
+    pub source_labels: Arc<crate::metrics::PeerLabels>,
     pub protocol: Protocol,
     pub cache: upstream::ConnCache,
 }

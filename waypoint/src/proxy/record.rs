@@ -9,22 +9,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use ambit_proto::mesh::{Service, Workload};
+use ambit_proto::routes::Rule;
 use tracing::info;
 
-use super::Downstream;
-use crate::metrics::{Metrics, RequestLabels};
+use super::ConnState;
+use crate::metrics::{Metrics, PeerLabels, RequestLabels};
 use crate::trace::{RequestSpan, Tracer, otlp, span};
 
 pub struct RequestRecord {
     metrics: Arc<Metrics>,
     labels: RequestLabels,
     start: Instant,
-    method: String,
-    path: String,
+    method: http::Method,
+    /// The request's target as the client sent it (shares the request's buffer).
+    uri: http::Uri,
     host: String,
     source: SocketAddr,
-    /// "<route> rule <n>" or "default".
-    pub route: String,
+    /// The rule that routed the request; described ("<route> rule <n>" or "default") only
+    /// when a log line or span needs it.
+    pub rule: Option<Arc<Rule>>,
     pub upstream: Option<SocketAddr>,
     /// Why the waypoint answered itself (empty when the backend answered).
     pub reason: String,
@@ -38,111 +41,57 @@ pub struct RequestRecord {
     port: u16,
 }
 
-fn workload_labels(w: Option<&Workload>) -> (String, String, String, String, String) {
-    match w {
-        Some(w) => {
-            let name = if w.spec.workload_name.is_empty() {
-                w.spec.name.clone()
-            } else {
-                w.spec.workload_name.clone()
-            };
-            let app = if w.spec.canonical_name.is_empty() {
-                name.clone()
-            } else {
-                w.spec.canonical_name.clone()
-            };
-            let revision = if w.spec.canonical_revision.is_empty() {
-                "latest".to_string()
-            } else {
-                w.spec.canonical_revision.clone()
-            };
-            let cluster = if w.spec.cluster_id.is_empty() {
-                "Kubernetes".to_string()
-            } else {
-                w.spec.cluster_id.clone()
-            };
-            (name, w.spec.namespace.clone(), app, revision, cluster)
-        }
-        None => (
-            "unknown".into(),
-            "unknown".into(),
-            "unknown".into(),
-            "unknown".into(),
-            "unknown".into(),
-        ),
-    }
-}
-
 impl RequestRecord {
     pub fn new(
         metrics: Arc<Metrics>,
-        down: &Downstream,
-        method: &str,
-        path: &str,
+        conn: &ConnState,
+        method: &http::Method,
+        uri: &http::Uri,
         host: &str,
         grpc: bool,
     ) -> Self {
         metrics.active_requests.inc();
-        let (name, ns, app, revision, cluster) = workload_labels(down.source.as_deref());
-        let labels = RequestLabels {
-            reporter: "waypoint".into(),
-            source_workload: name,
-            source_workload_namespace: ns,
-            source_principal: down.source_identity.to_string(),
-            source_canonical_service: app.clone(),
-            source_app: app,
-            source_version: revision.clone(),
-            source_canonical_revision: revision,
-            source_cluster: cluster,
-            request_protocol: if grpc { "grpc" } else { "http" }.into(),
-            connection_security_policy: "mutual_tls".into(),
-            response_flags: "-".into(),
-            ..RequestLabels::default()
-        };
-        let mut record = RequestRecord {
+        RequestRecord {
+            labels: RequestLabels::new(conn.source_labels.clone(), grpc),
             metrics,
-            labels,
             start: Instant::now(),
-            method: method.into(),
-            path: path.into(),
+            method: method.clone(),
+            uri: uri.clone(),
             host: host.into(),
-            source: down.source_addr,
-            route: String::new(),
+            source: conn.down.source_addr,
+            rule: None,
             upstream: None,
             reason: String::new(),
             attempts: 0,
             request_bytes: Arc::default(),
             slot: None,
             trace: None,
-            port: down.authority.port(),
-        };
-        record.destination(None, None);
-        record
+            port: conn.down.authority.port(),
+        }
     }
 
-    /// The destination service and, once an endpoint answered, its workload.
-    pub fn destination(&mut self, service: Option<&Service>, workload: Option<&Workload>) {
-        let (name, ns, app, revision, cluster) = workload_labels(workload);
-        let l = &mut self.labels;
-        l.destination_workload = name;
-        l.destination_workload_namespace = ns;
-        l.destination_principal = workload
-            .map(|w| w.identity.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        l.destination_canonical_service = app.clone();
-        l.destination_app = app;
-        l.destination_version = revision.clone();
-        l.destination_canonical_revision = revision;
-        l.destination_cluster = cluster;
+    /// The destination service (kept when `None`: an endpoint's answer does not forget the
+    /// service it was reached through) and, once an endpoint answered, its workload.
+    pub fn destination(
+        &mut self,
+        service: Option<&Arc<Service>>,
+        workload: Option<&Arc<Workload>>,
+    ) {
+        let cache = &self.metrics.labels;
+        self.labels.destination = match workload {
+            Some(w) => cache.workload(w),
+            None => PeerLabels::unknown(),
+        };
         if let Some(s) = service {
-            l.destination_service = s.spec.hostname.clone();
-            l.destination_service_name = s.spec.name.clone();
-            l.destination_service_namespace = s.spec.namespace.clone();
-        } else if l.destination_service.is_empty() {
-            l.destination_service = "unknown".into();
-            l.destination_service_name = "unknown".into();
-            l.destination_service_namespace = "unknown".into();
+            self.labels.service = cache.service(s);
         }
+    }
+
+    fn route(&self) -> String {
+        self.rule
+            .as_ref()
+            .map(|r| r.describe())
+            .unwrap_or_else(|| "default".into())
     }
 
     /// Starts the request's span from the headers the client sent, if traces are exported.
@@ -157,16 +106,16 @@ impl RequestRecord {
         }
     }
 
-    pub fn respond(&mut self, status: u16, flags: &str) {
-        self.labels.response_code = status.to_string();
-        self.labels.response_flags = if flags.is_empty() { "-" } else { flags }.into();
+    pub fn respond(&mut self, status: u16, flags: &'static str) {
+        self.labels.response_code = status;
+        self.labels.response_flags = if flags.is_empty() { "-" } else { flags };
     }
 
     pub fn finish(mut self, response_bytes: u64, grpc_status: Option<String>) {
         self.slot = None;
         let m = &self.metrics;
         m.active_requests.dec();
-        self.labels.grpc_response_status = grpc_status.unwrap_or_default();
+        self.labels.grpc_response_status = grpc_status.and_then(|g| g.trim().parse().ok());
         let l = &self.labels;
         let duration = self.start.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
@@ -183,20 +132,20 @@ impl RequestRecord {
         info!(
             target: "access",
             src_addr = %self.source,
-            src_workload = %l.source_workload,
-            src_identity = %l.source_principal,
+            src_workload = %l.source.workload,
+            src_identity = %l.source.principal,
             method = %self.method,
             host = %self.host,
-            path = %self.path,
-            protocol = %l.request_protocol,
-            route = %self.route,
-            dst_service = %l.destination_service,
-            dst_workload = %l.destination_workload,
+            path = %self.uri.path(),
+            protocol = l.request_protocol(),
+            route = %self.route(),
+            dst_service = %l.service.hostname,
+            dst_workload = %l.destination.workload,
             upstream = %self.upstream.map(|a| a.to_string()).unwrap_or_default(),
             attempts = self.attempts,
-            status = %l.response_code,
-            grpc_status = %l.grpc_response_status,
-            flags = %l.response_flags,
+            status = l.response_code,
+            grpc_status = %l.grpc_response_status.map(|g| g.to_string()).unwrap_or_default(),
+            flags = l.response_flags,
             bytes_received = request_bytes,
             bytes_sent = response_bytes,
             duration_ms = duration.as_millis() as u64,
@@ -208,8 +157,9 @@ impl RequestRecord {
         {
             let name = self.span_name();
             let attributes = self.span_attributes(request_bytes, response_bytes);
-            let status = self.labels.response_code.parse().unwrap_or(0);
-            tracer.submit(span.finish(name, attributes, status));
+            let status = self.labels.response_code;
+            let grpc = self.labels.grpc_response_status;
+            tracer.submit(span.finish(name, attributes, status, grpc));
         }
     }
 
@@ -217,8 +167,8 @@ impl RequestRecord {
     /// waypoints and Ambit's group the same way.
     fn span_name(&self) -> String {
         let l = &self.labels;
-        if l.destination_service != "unknown" {
-            format!("{}:{}/*", l.destination_service, self.port)
+        if l.service.hostname != "unknown" {
+            format!("{}:{}/*", l.service.hostname, self.port)
         } else {
             format!("{}/*", self.host)
         }
@@ -229,43 +179,39 @@ impl RequestRecord {
     fn span_attributes(&self, request_bytes: u64, response_bytes: u64) -> Vec<otlp::KeyValue> {
         let l = &self.labels;
         let mut attributes = vec![
-            span::string("http.request.method", self.method.clone()),
-            span::string("url.path", self.path.clone()),
+            span::string("http.request.method", self.method.to_string()),
+            span::string("url.path", self.uri.path().to_string()),
             span::string("server.address", self.host.clone()),
             span::int("server.port", i64::from(self.port)),
             span::string("client.address", self.source.ip().to_string()),
-            span::string(
-                "network.protocol.name",
-                if l.request_protocol == "grpc" {
-                    "grpc"
-                } else {
-                    "http"
-                },
-            ),
+            span::string("network.protocol.name", l.request_protocol()),
             span::int("http.request.body.size", request_bytes as i64),
             span::int("http.response.body.size", response_bytes as i64),
         ];
-        if let Ok(status) = l.response_code.parse::<i64>() {
-            attributes.push(span::int("http.response.status_code", status));
+        if l.response_code != 0 {
+            attributes.push(span::int(
+                "http.response.status_code",
+                l.response_code.into(),
+            ));
+        }
+        if let Some(code) = l.grpc_response_status {
+            attributes.push(span::int("rpc.grpc.status_code", code.into()));
         }
         for (key, value) in [
-            ("istio.source_workload", &l.source_workload),
-            (
-                "istio.source_workload_namespace",
-                &l.source_workload_namespace,
-            ),
-            ("istio.source_principal", &l.source_principal),
-            ("istio.destination_workload", &l.destination_workload),
+            ("istio.source_workload", l.source.workload.as_str()),
+            ("istio.source_workload_namespace", &l.source.namespace),
+            ("istio.source_principal", &l.source.principal),
+            ("istio.destination_workload", &l.destination.workload),
             (
                 "istio.destination_workload_namespace",
-                &l.destination_workload_namespace,
+                &l.destination.namespace,
             ),
-            ("istio.destination_principal", &l.destination_principal),
-            ("istio.destination_service", &l.destination_service),
-            ("istio.response_flags", &l.response_flags),
-            ("ambit.route", &self.route),
+            ("istio.destination_principal", &l.destination.principal),
+            ("istio.destination_service", &l.service.hostname),
+            ("istio.response_flags", l.response_flags),
+            ("ambit.route", &self.route()),
         ] {
-            attributes.push(span::string(key, value.clone()));
+            attributes.push(span::string(key, value.to_string()));
         }
         if let Some(upstream) = self.upstream {
             attributes.push(span::string("upstream_address", upstream.to_string()));

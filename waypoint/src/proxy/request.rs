@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rand::Rng;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, debug_span, info};
 
 use super::body::{Body, Recorded, Replayable};
 use super::forward::{self, Backend, Head};
@@ -30,8 +30,10 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let host = host_of(&req);
+    // Debug level: the access log line carries all of it, and an enabled span per request
+    // costs its formatting and an enter and exit at every poll.
     let span =
-        info_span!("request", method = %req.method(), host = %host, path = %req.uri().path());
+        debug_span!("request", method = %req.method(), host = %host, path = %req.uri().path());
     async move {
         let grpc = req
             .headers()
@@ -40,9 +42,9 @@ pub async fn handle(
             .is_some_and(|v| v.starts_with("application/grpc"));
         let mut record = RequestRecord::new(
             ctx.metrics.clone(),
-            &conn.down,
-            req.method().as_str(),
-            req.uri().path(),
+            &conn,
+            req.method(),
+            req.uri(),
             &host,
             grpc,
         );
@@ -106,13 +108,13 @@ async fn proxy(
         ))
     })?;
     let addressed = match &target {
-        Target::Workload(w, _) => Some(w.as_ref()),
+        Target::Workload(w, _) => Some(w),
         Target::Service(..) => None,
     };
-    record.destination(target.service().map(|s| s.as_ref()), addressed);
+    record.destination(target.service(), addressed);
 
     // Authorize on what the client sent, before any rewrite.
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = parts.uri.path();
     let query = parts.uri.query();
     let policies = ctx.config.policies(&state, &target);
@@ -159,7 +161,7 @@ async fn proxy(
         }
         None => (default_rule(&target), &everything),
     };
-    record.route = rule.describe();
+    record.rule = Some(rule.clone());
     if let Some(r) = &rule.redirect {
         let response = filters::redirect(r, host, path, query, matched);
         record.respond(response.status().as_u16(), "");
@@ -167,7 +169,8 @@ async fn proxy(
     }
 
     // Filters: headers, rewrite.
-    let mut headers = parts.headers.clone();
+    // Routing is done with them: the upstream request takes the client's headers over.
+    let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     for m in &rule.request_headers {
         filters::modify_headers(&mut headers, m);
@@ -228,7 +231,7 @@ async fn proxy(
         record,
     )
     .await?;
-    record.destination(backend.service.as_deref(), Some(&endpoint.workload));
+    record.destination(backend.service.as_ref(), Some(&endpoint.workload));
     for m in &rule.mirrors {
         if chance(if m.percent_set { m.percent } else { 100.0 }) {
             mirror(ctx, conn, &state, &target, m, &head, body.replay());
@@ -240,12 +243,45 @@ async fn proxy(
     for m in &rule.response_headers {
         filters::modify_headers(&mut rparts.headers, m);
     }
+    let rbody = small_body(&rparts, rbody, deadline).await?;
     record.respond(rparts.status.as_u16(), flags);
     record.slot = Some(slot);
-    Ok(Response::from_parts(
-        rparts,
-        rbody.map_err(Into::into).boxed_unsync(),
-    ))
+    Ok(Response::from_parts(rparts, rbody))
+}
+
+/// Responses up to this size, with a known length, are read whole before they are answered.
+const COALESCE: u64 = 16 * 1024;
+
+/// A short response is already on its way when its head arrives. Streamed, its head and its
+/// body would leave in two writes (two HTTP/2 frames, two TLS records, two syscalls), because
+/// the head is answered before the body's frames reach us; read whole, they leave in one, which
+/// was a quarter of the waypoint's writes. Long, unknown-length and gRPC responses stream.
+async fn small_body(
+    head: &http::response::Parts,
+    body: Incoming,
+    deadline: Option<Instant>,
+) -> Result<Body, ProxyError> {
+    let length = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let grpc = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc || length.is_none_or(|n| n > COALESCE) {
+        return Ok(body.map_err(Into::into).boxed_unsync());
+    }
+    let collect = body.collect();
+    let collected = match deadline {
+        Some(at) => tokio::time::timeout_at(at, collect)
+            .await
+            .map_err(|_| ProxyError::Timeout("the response body did not arrive in time".into()))?,
+        None => collect.await,
+    }
+    .map_err(|e| ProxyError::Reset(format!("reading the response body: {e}")))?;
+    Ok(collected.map_err(|e| match e {}).boxed_unsync())
 }
 
 /// No route: straight to what was addressed.
@@ -499,7 +535,14 @@ fn audit(policies: &[&api::Authorization], attrs: &Attributes<'_>) {
         let mut as_allow = (*p).clone();
         as_allow.action = Action::Allow as i32;
         if let Decision::Allow { rule, .. } = authz::evaluate([&as_allow], attrs) {
-            info!(policy = %format!("{}/{}", p.namespace, p.name), rule = rule + 1, "AUDIT policy matched");
+            let http = attrs.http.as_ref();
+            info!(
+                policy = %format!("{}/{}", p.namespace, p.name),
+                rule = rule + 1,
+                method = http.map(|h| h.method).unwrap_or_default(),
+                path = http.map(|h| h.path).unwrap_or_default(),
+                "AUDIT policy matched"
+            );
         }
     }
 }

@@ -113,7 +113,7 @@ mod tests {
         };
         for _ in 0..5 {
             let span = tracer.start_span(&http::HeaderMap::new());
-            tracer.submit(span.finish("x".into(), Vec::new(), 200));
+            tracer.submit(span.finish("x".into(), Vec::new(), 200, None));
         }
         let dropped = metrics
             .trace_spans_dropped

@@ -75,9 +75,22 @@ impl RequestSpan {
         }
     }
 
-    /// The finished span in OTLP form.
-    pub fn finish(self, name: String, attributes: Vec<otlp::KeyValue>, status: u16) -> otlp::Span {
-        let error = status >= 500;
+    /// The finished span in OTLP form. `grpc_status` is the call's status when it was gRPC.
+    pub fn finish(
+        self,
+        name: String,
+        attributes: Vec<otlp::KeyValue>,
+        status: u16,
+        grpc_status: Option<u16>,
+    ) -> otlp::Span {
+        // OTel's conventions for server spans: HTTP 5xx is an error of the server side (4xx is
+        // the client's and leaves the status unset); for gRPC, the codes that mean the server
+        // failed, whatever the HTTP status (a failed call is an HTTP 200).
+        let grpc_error = grpc_status.filter(|c| GRPC_SERVER_ERRORS.contains(c));
+        let message = match grpc_error {
+            Some(code) => Some(format!("gRPC status {code}")),
+            None => (status >= 500).then(|| format!("HTTP {status}")),
+        };
         otlp::Span {
             trace_id: self.context.trace_id.to_vec(),
             span_id: self.context.span_id.to_vec(),
@@ -94,15 +107,16 @@ impl RequestSpan {
             start_time_unix_nano: unix_nanos(self.start),
             end_time_unix_nano: unix_nanos(SystemTime::now()),
             attributes,
-            // OTel's HTTP server conventions: 5xx is an error of the server side; 4xx is the
-            // client's and leaves the status unset.
-            status: error.then(|| otlp::Status {
-                message: format!("HTTP {status}"),
+            status: message.map(|message| otlp::Status {
+                message,
                 code: otlp::status::StatusCode::Error as i32,
             }),
         }
     }
 }
+
+/// UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+const GRPC_SERVER_ERRORS: [u16; 6] = [2, 4, 12, 13, 14, 15];
 
 /// Several `tracestate` headers are one list (RFC 9110 field combination).
 fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -150,6 +164,19 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn a_grpc_call_the_server_failed_is_an_error_though_http_says_200() {
+        let status = |grpc: u16| {
+            RequestSpan::start(&HeaderMap::new(), 1.0)
+                .finish("s".into(), Vec::new(), 200, Some(grpc))
+                .status
+                .map(|s| s.message)
+        };
+        assert_eq!(status(14).as_deref(), Some("gRPC status 14"), "UNAVAILABLE");
+        assert_eq!(status(5), None, "NOT_FOUND is the caller's");
+        assert_eq!(status(0), None);
     }
 
     #[test]
@@ -223,13 +250,18 @@ mod tests {
     #[test]
     fn a_5xx_is_an_error_and_a_4xx_is_not() {
         let span = || RequestSpan::start(&HeaderMap::new(), 1.0);
-        let failed = span().finish("x".into(), Vec::new(), 503);
+        let failed = span().finish("x".into(), Vec::new(), 503, None);
         assert_eq!(
             failed.status.unwrap().code,
             otlp::status::StatusCode::Error as i32
         );
-        assert!(span().finish("x".into(), Vec::new(), 404).status.is_none());
-        let ok = span().finish("x".into(), Vec::new(), 200);
+        assert!(
+            span()
+                .finish("x".into(), Vec::new(), 404, None)
+                .status
+                .is_none()
+        );
+        let ok = span().finish("x".into(), Vec::new(), 200, None);
         assert_eq!(ok.kind, otlp::span::SpanKind::Server as i32);
         assert!(ok.end_time_unix_nano >= ok.start_time_unix_nano);
         assert!(ok.parent_span_id.is_empty());

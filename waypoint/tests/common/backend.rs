@@ -10,7 +10,9 @@ use std::time::Duration;
 use ambit_waypoint::proxy::{Protocol, detect};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,6 +28,8 @@ pub struct Behaviour {
     pub fail_status: u16,
     /// Held before answering.
     pub delay: Duration,
+    /// Held between the response's head (with its Content-Length) and its body.
+    pub body_delay: Duration,
 }
 
 /// An HTTP backend on its own loopback address, speaking HTTP/1.1 and HTTP/2 (prior knowledge).
@@ -87,7 +91,7 @@ async fn answer(
     behaviour: Behaviour,
     n: u64,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -120,5 +124,16 @@ async fn answer(
     for (k, v) in &parts.headers {
         builder = builder.header(format!("x-req-{k}"), v);
     }
-    Ok(builder.body(Full::new(body)).unwrap())
+    if behaviour.body_delay.is_zero() {
+        return Ok(builder.body(Full::new(body).boxed_unsync()).unwrap());
+    }
+    let length = body.len();
+    let late = futures::stream::once(async move {
+        tokio::time::sleep(behaviour.body_delay).await;
+        Ok(Frame::data(body))
+    });
+    Ok(builder
+        .header(http::header::CONTENT_LENGTH, length)
+        .body(StreamBody::new(late).boxed_unsync())
+        .unwrap())
 }

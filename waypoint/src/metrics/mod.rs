@@ -11,38 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Istio's standard request labels.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub source_canonical_service: String,
-    pub source_canonical_revision: String,
-    pub source_cluster: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub destination_canonical_service: String,
-    pub destination_canonical_revision: String,
-    pub destination_cluster: String,
-    /// "http" or "grpc" (Istio reports HTTP/2 as "http" too).
-    pub request_protocol: String,
-    pub response_code: String,
-    pub grpc_response_status: String,
-    /// Envoy's response flags: "-" on success; "NR", "UF", "UO", "UT", "UH", "DI", "FI",
-    /// "RBAC", "URX", ... otherwise.
-    pub response_flags: String,
-    pub connection_security_policy: String,
-}
+mod labels;
+
+pub use labels::{LabelCache, PeerLabels, RequestLabels, ServiceLabels};
 
 /// Istio's TCP labels for opaque connections.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,6 +65,8 @@ fn size_histogram() -> Histogram {
 type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
+    /// The label sets of the request metrics, per workload and service.
+    pub labels: LabelCache,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: HistogramFamily,
     pub request_bytes: HistogramFamily,
@@ -117,6 +90,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Metrics {
+            labels: LabelCache::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(duration_histogram),
             request_bytes: Family::new_with_constructor(size_histogram),
