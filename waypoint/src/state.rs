@@ -1,8 +1,9 @@
 //! The waypoint's config: the shared mesh store (`ambit_proto::mesh`), routes validated before
-//! they are applied, the compiled route table cached per config version, and the lookups a
-//! request needs (what was it addressed to, which policies apply, which endpoints serve a
-//! backend).
+//! they are applied, what a request looks up compiled once per config version (the route table,
+//! the policies bound to the waypoint and to each service, the backend policy of each service),
+//! and the lookups a request needs (what was it addressed to, which endpoints serve a backend).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -43,12 +44,6 @@ impl Target {
             Target::Workload(..) => None,
         }
     }
-
-    /// The policy target key of the service, as the controller writes `Authorization.targets`.
-    fn policy_key(&self) -> Option<String> {
-        self.service()
-            .map(|s| format!("Service/{}/{}", s.spec.namespace, s.spec.name))
-    }
 }
 
 /// One endpoint a request can be sent to.
@@ -82,11 +77,91 @@ pub fn endpoints(
     Some((svc.clone(), list))
 }
 
+/// The policies that judge a request: those bound to the waypoint, plus those bound to the
+/// service it was addressed to.
+pub type Policies = Arc<[Arc<api::Authorization>]>;
+
+/// What requests look up, compiled from one config version: a request then costs a hash lookup
+/// rather than a scan of every policy and a key formatted per request.
+struct Compiled {
+    version: u64,
+    routes: Arc<RouteTable>,
+    /// Bound to the waypoint only (a request to a workload, or to a service no policy names).
+    gateway_policies: Policies,
+    /// The waypoint's policies and the service's, by namespace and name of the service (nested
+    /// so that a request looks them up by `&str`, allocating nothing).
+    service_policies: ByService<Policies>,
+    /// DestinationRules by namespace and hostname of their service.
+    backend_policies: ByService<Arc<api::BackendPolicy>>,
+}
+
+type ByService<T> = HashMap<String, HashMap<String, T>>;
+
+fn lookup<'a, T>(map: &'a ByService<T>, namespace: &str, name: &str) -> Option<&'a T> {
+    map.get(namespace)?.get(name)
+}
+
+impl Compiled {
+    fn build(state: &MeshState, gateway: &(String, String)) -> Compiled {
+        // The controller writes `Authorization.targets` as "Kind/namespace/name"; it sends only
+        // policies that target this waypoint or a service it serves, but one bound to another
+        // service must still not judge this request.
+        let gateway_key = format!("Gateway/{}/{}", gateway.0, gateway.1);
+        let waypoint_scoped = || {
+            state
+                .policies
+                .values()
+                .filter(|p| p.scope == api::Scope::Waypoint as i32)
+        };
+        let gateway_policies: Vec<_> = waypoint_scoped()
+            .filter(|p| p.targets.contains(&gateway_key))
+            .cloned()
+            .collect();
+        let mut per_service: ByService<Vec<Arc<api::Authorization>>> = HashMap::new();
+        for p in waypoint_scoped() {
+            for t in &p.targets {
+                let Some(rest) = t.strip_prefix("Service/") else {
+                    continue;
+                };
+                let Some((ns, name)) = rest.split_once('/') else {
+                    continue;
+                };
+                let list = per_service
+                    .entry(ns.to_owned())
+                    .or_default()
+                    .entry(name.to_owned())
+                    .or_insert_with(|| gateway_policies.clone());
+                // A policy naming both the waypoint and the service is there once.
+                if !list.iter().any(|q| Arc::ptr_eq(q, p)) {
+                    list.push(p.clone());
+                }
+            }
+        }
+        let mut backend_policies: ByService<_> = HashMap::new();
+        for p in state.backend_policies.values() {
+            backend_policies
+                .entry(p.service_namespace.clone())
+                .or_default()
+                .insert(p.service_hostname.clone(), p.clone());
+        }
+        Compiled {
+            version: state.version,
+            routes: Arc::new(RouteTable::build(state, gateway)),
+            gateway_policies: gateway_policies.into(),
+            service_policies: per_service
+                .into_iter()
+                .map(|(ns, names)| (ns, names.into_iter().map(|(n, v)| (n, v.into())).collect()))
+                .collect(),
+            backend_policies,
+        }
+    }
+}
+
 pub struct WaypointConfig {
     pub store: Arc<Store>,
     /// (namespace, name) of the waypoint Gateway.
     pub gateway: (String, String),
-    table: Mutex<Option<(u64, Arc<RouteTable>)>>,
+    compiled: Mutex<Option<Arc<Compiled>>>,
 }
 
 impl WaypointConfig {
@@ -94,7 +169,7 @@ impl WaypointConfig {
         Arc::new(WaypointConfig {
             store,
             gateway,
-            table: Mutex::new(None),
+            compiled: Mutex::new(None),
         })
     }
 
@@ -102,40 +177,32 @@ impl WaypointConfig {
         self.store.current()
     }
 
-    /// The route table for `state`, compiled once per config version.
-    pub fn routes(&self, state: &MeshState) -> Arc<RouteTable> {
-        let mut cached = self.table.lock().expect("route table");
+    /// The lookups for `state`, compiled once per config version.
+    fn compiled(&self, state: &MeshState) -> Arc<Compiled> {
+        let mut cached = self.compiled.lock().expect("compiled config");
         match &*cached {
-            Some((version, table)) if *version == state.version => table.clone(),
+            Some(c) if c.version == state.version => c.clone(),
             _ => {
-                let table = Arc::new(RouteTable::build(state, &self.gateway));
-                *cached = Some((state.version, table.clone()));
-                table
+                let c = Arc::new(Compiled::build(state, &self.gateway));
+                *cached = Some(c.clone());
+                c
             }
         }
     }
 
-    /// The policies bound to this waypoint, or to the service `target` addresses. The
-    /// controller sends only policies that target this waypoint or a service it serves; one bound
-    /// to another service must not judge this request.
-    pub fn policies<'a>(
-        &self,
-        state: &'a MeshState,
-        target: &Target,
-    ) -> Vec<&'a api::Authorization> {
-        let gateway = format!("Gateway/{}/{}", self.gateway.0, self.gateway.1);
-        let service = target.policy_key();
-        state
-            .policies
-            .values()
-            .map(|p| p.as_ref())
-            .filter(|p| p.scope == api::Scope::Waypoint as i32)
-            .filter(|p| {
-                p.targets
-                    .iter()
-                    .any(|t| *t == gateway || Some(t) == service.as_ref())
-            })
-            .collect()
+    /// The route table for `state`.
+    pub fn routes(&self, state: &MeshState) -> Arc<RouteTable> {
+        self.compiled(state).routes.clone()
+    }
+
+    /// The policies bound to this waypoint, or to the service `target` addresses.
+    pub fn policies(&self, state: &MeshState, target: &Target) -> Policies {
+        let c = self.compiled(state);
+        target
+            .service()
+            .and_then(|s| lookup(&c.service_policies, &s.spec.namespace, &s.spec.name))
+            .unwrap_or(&c.gateway_policies)
+            .clone()
     }
 
     /// The backend policy (DestinationRule) for a service.
@@ -144,13 +211,8 @@ impl WaypointConfig {
         state: &MeshState,
         svc: &Service,
     ) -> Option<Arc<api::BackendPolicy>> {
-        state
-            .backend_policies
-            .values()
-            .find(|p| {
-                p.service_namespace == svc.spec.namespace && p.service_hostname == svc.spec.hostname
-            })
-            .cloned()
+        let c = self.compiled(state);
+        lookup(&c.backend_policies, &svc.spec.namespace, &svc.spec.hostname).cloned()
     }
 }
 

@@ -133,6 +133,70 @@ async fn allow_policies_judge_the_original_client_and_bind_to_their_target() {
     .await;
 }
 
+#[tokio::test]
+async fn a_policy_bound_to_the_waypoint_judges_every_service_and_a_new_config_version_is_recompiled()
+ {
+    within(async {
+        let mesh = Mesh::start().await;
+        let a = Backend::start(&mesh, "a", Behaviour::default()).await;
+        let b = Backend::start(&mesh, "b", Behaviour::default()).await;
+        mesh.service("a", "10.96.2.30", &[&a]);
+        mesh.service("b", "10.96.2.31", &[&b]);
+        let deny_path = |p: &str| api::Rule {
+            to: vec![api::Destination {
+                paths: vec![prefix(p)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut both = policy(
+            "no-admin",
+            api::Action::Deny,
+            &format!("Gateway/{NS}/waypoint"),
+            vec![deny_path("/admin")],
+        );
+        if let Some(Kind::Authorization(p)) = &mut both.kind {
+            p.targets.push("Service/shop/a".into());
+        }
+        mesh.apply(
+            type_url::AUTHORIZATION,
+            vec![
+                both,
+                policy(
+                    "a-no-debug",
+                    api::Action::Deny,
+                    "Service/shop/a",
+                    vec![deny_path("/debug")],
+                ),
+            ],
+        );
+        let mut to_a = mesh.http("10.96.2.30", Protocol::Http1).await;
+        let mut to_b = mesh.http("10.96.2.31", Protocol::Http1).await;
+        // Bound to the waypoint: both services are judged by it.
+        for client in [&mut to_a, &mut to_b] {
+            let denied = client.get("/admin/users").await;
+            assert_eq!(denied.status, 403);
+            assert!(denied.body.contains("no-admin"), "{}", denied.body);
+            assert_eq!(client.get("/").await.status, 200);
+        }
+        // Bound to service a: b's /debug passes, a's is denied.
+        assert_eq!(to_a.get("/debug").await.status, 403);
+        assert_eq!(to_b.get("/debug").await.status, 200);
+        // The policy is gone with the config version that removed it.
+        mesh.apply(
+            type_url::AUTHORIZATION,
+            vec![policy(
+                "no-admin",
+                api::Action::Allow,
+                "Service/shop/b",
+                vec![deny_path("/")],
+            )],
+        );
+        assert_eq!(to_a.get("/admin/users").await.status, 200);
+    })
+    .await;
+}
+
 /// A TCP server on a fresh loopback address that echoes each connection.
 async fn tcp_echo(mesh: &Mesh) -> std::net::SocketAddr {
     let listener = TcpListener::bind((mesh.next_ip(), 0)).await.unwrap();

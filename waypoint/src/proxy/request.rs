@@ -131,7 +131,7 @@ async fn proxy(
         }),
     };
     audit(&policies, &attrs);
-    let decision = authz::evaluate(policies.iter().copied(), &attrs);
+    let decision = authz::evaluate(policies.iter().map(|p| p.as_ref()), &attrs);
     if !decision.allowed() {
         return Err(ProxyError::Denied(decision.explain()));
     }
@@ -530,9 +530,9 @@ fn chance(percent: f64) -> bool {
 
 /// AUDIT policies never decide; a match is logged. Each is judged alone, by the same evaluator,
 /// as if it were an ALLOW policy.
-fn audit(policies: &[&api::Authorization], attrs: &Attributes<'_>) {
+fn audit(policies: &[Arc<api::Authorization>], attrs: &Attributes<'_>) {
     for p in policies.iter().filter(|p| p.action == Action::Audit as i32) {
-        let mut as_allow = (*p).clone();
+        let mut as_allow = api::Authorization::clone(p);
         as_allow.action = Action::Allow as i32;
         if let Decision::Allow { rule, .. } = authz::evaluate([&as_allow], attrs) {
             let http = attrs.http.as_ref();

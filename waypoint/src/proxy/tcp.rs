@@ -50,7 +50,7 @@ where
             .unwrap_or_else(|| "unknown".into());
         let policies = ctx.config.policies(&state, &target);
         let decision = authz::evaluate(
-            policies.iter().copied(),
+            policies.iter().map(|p| p.as_ref()),
             &Attributes {
                 source_identity: Some(&down.source_identity),
                 source_ip: down.source_addr.ip(),

@@ -74,7 +74,7 @@ impl Explainer<'_> {
                 headers: &request.headers,
             }),
         };
-        let decision = authz::evaluate(policies.iter().copied(), &attrs);
+        let decision = authz::evaluate(policies.iter().map(|p| p.as_ref()), &attrs);
         let names: Vec<String> = policies
             .iter()
             .map(|p| format!("{}/{}", p.namespace, p.name))
