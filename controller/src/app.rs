@@ -25,6 +25,7 @@ use crate::leader::{self, LeaderMetrics};
 use crate::model::{self, ClusterState};
 use crate::pipeline;
 use crate::push::{ConfigServer, Generation, PushMetrics};
+use crate::reconcile::routes::Mesh;
 use crate::reconcile::{ReconcileMetrics, Reconciler};
 use crate::source::kubernetes::KubernetesSource;
 use crate::source::standalone::{self, Directory, LoadReport};
@@ -232,6 +233,11 @@ async fn start_kubernetes(
         .cloned()
         .collect();
     let node_agent = config.node_agent_account().map_err(anyhow::Error::msg)?;
+    // HTTPRoute status reads the same state the translation does, once the source has read it all.
+    let mesh = Mesh {
+        states: states.clone(),
+        ready: ready_tx.subscribe(),
+    };
     let auth = TokenReviewer::new(client.clone(), node_agent, audiences, states);
     tokio::spawn(async move {
         if let Err(e) = source.run(states_tx, ready_tx).await {
@@ -250,8 +256,9 @@ async fn start_kubernetes(
         stopped(stop),
     ));
     let (settings, controller) = config.waypoints(authority.roots().to_pem().concat());
-    let reconciler =
-        Reconciler::new(client, settings, controller).with_metrics(ReconcileMetrics::new(registry));
+    let reconciler = Reconciler::new(client, settings, controller)
+        .with_metrics(ReconcileMetrics::new(registry))
+        .with_mesh(mesh);
     tokio::spawn(reconciler.run(leading));
     Ok(Started {
         authority,

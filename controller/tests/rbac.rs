@@ -21,10 +21,14 @@ use ambit_controller::ca::secret;
 use ambit_controller::leader::{self, LeaderConfig, LeaderMetrics};
 use ambit_controller::model::ClusterState;
 use ambit_controller::reconcile::objects::WaypointSettings;
+use ambit_controller::reconcile::routes::Mesh;
 use ambit_controller::reconcile::{ControllerAddress, Reconciler};
 use ambit_controller::source::kubernetes::KubernetesSource;
 use http::Method;
-use k8s_fake::{CONFIG_MAPS, DEPLOYMENTS, FakeApi, GATEWAYS, Logged, SERVICE_ACCOUNTS, SERVICES};
+use k8s_fake::{
+    CONFIG_MAPS, DEPLOYMENTS, FakeApi, GATEWAY_CLASSES, GATEWAYS, HTTP_ROUTES, Logged,
+    SERVICE_ACCOUNTS, SERVICES,
+};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
@@ -281,6 +285,10 @@ async fn controller_at_work() -> Vec<Logged> {
     // The source, as app.rs starts it: every kind listed, then watched.
     let (states_tx, states) = watch::channel(ClusterState::new());
     let (ready_tx, mut ready) = watch::channel(false);
+    let mesh = Mesh {
+        states: states.clone(),
+        ready: ready.clone(),
+    };
     tokio::spawn(KubernetesSource::new(client.clone()).run(states_tx, ready_tx));
     tokio::time::timeout(k8s_fake::PATIENCE, ready.wait_for(|r| *r))
         .await
@@ -337,8 +345,15 @@ async fn controller_at_work() -> Vec<Logged> {
         root_cert_pem: "PEM".into(),
     };
     let reconciler = Reconciler::new(client, settings, ControllerAddress::ServiceIp(15012))
-        .with_sweep_interval(Duration::from_millis(200));
+        .with_sweep_interval(Duration::from_millis(200))
+        .with_mesh(mesh);
     tokio::spawn(reconciler.run(leading));
+    fake.put(
+        GATEWAY_CLASSES,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": "ambit-waypoint"},
+               "spec": {"controllerName": "ambit.dev/waypoint-controller"}}),
+    );
 
     fake.put(
         GATEWAYS,
@@ -352,6 +367,23 @@ async fn controller_at_work() -> Vec<Logged> {
             && f.get(CONFIG_MAPS, "shop", "wp-ambit-root-cert").is_some()
             && f.get(DEPLOYMENTS, "shop", "old").is_none()
             && f.get(CONFIG_MAPS, "shop", "old").is_none()
+    })
+    .await;
+    fake.put(
+        HTTP_ROUTES,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": "to-wp", "namespace": "shop"},
+               "spec": {"parentRefs": [{"name": "wp"}],
+                        "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}}),
+    );
+    fake.wait_for("the route's and the class's status", |f| {
+        f.get(HTTP_ROUTES, "shop", "to-wp").is_some_and(|r| {
+            r["status"]["parents"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+        }) && f
+            .get(GATEWAY_CLASSES, "", "ambit-waypoint")
+            .is_some_and(|c| !c["status"]["conditions"].is_null())
     })
     .await;
     fake.update(DEPLOYMENTS, "shop", "wp", |d| {
@@ -409,6 +441,9 @@ async fn every_request_the_controller_makes_is_allowed_and_every_write_it_is_gra
         ("update", "leases"),
         ("patch", "deployments"),
         ("patch", "gateways/status"),
+        ("patch", "httproutes/status"),
+        ("watch", "gatewayclasses"),
+        ("patch", "gatewayclasses/status"),
         ("delete", "configmaps"),
     ] {
         assert!(

@@ -3,7 +3,8 @@
 //!
 //! This module owns the writes to the cluster: the objects of [`objects`], applied server-side
 //! under the field manager [`MANAGER`] (so reconciling again changes nothing and fields others
-//! own are left alone), the Gateway's status ([`status`]), and the deletion of objects whose
+//! own are left alone), the status of Gateways ([`status`]), of HTTPRoutes ([`routes`]) and of
+//! Ambit's GatewayClass ([`class`]), all through [`patch_status`], and the deletion of objects whose
 //! Gateway is gone (the sweep: the garbage collector does it through the owner references, the
 //! sweep covers clusters where it is off). It runs only while this replica leads
 //! ([`crate::leader`]); it does not read the mesh's state or translate anything.
@@ -11,7 +12,9 @@
 //! kube-runtime's `Controller` drives it: a change of a Gateway, or of a Deployment it owns,
 //! reconciles that Gateway; errors retry with a per-Gateway exponential back-off.
 
+pub mod class;
 pub mod objects;
+pub mod routes;
 pub mod status;
 
 use std::collections::{BTreeSet, HashMap};
@@ -118,16 +121,58 @@ pub struct Reconciler {
     sweep_interval: Duration,
     failures: Mutex<HashMap<(String, String), u32>>,
     metrics: ReconcileMetrics,
+    /// The mesh's state, for HTTPRoute status; without it no route status is written.
+    mesh: Option<routes::Mesh>,
 }
 
-pub fn gateway_resource() -> ApiResource {
+/// A Gateway API kind of gateway.networking.k8s.io/v1.
+pub(crate) fn gateway_api_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource {
         group: "gateway.networking.k8s.io".into(),
         version: "v1".into(),
         api_version: objects::GATEWAY_API_VERSION.into(),
-        kind: "Gateway".into(),
-        plural: "gateways".into(),
+        kind: kind.into(),
+        plural: plural.into(),
     }
+}
+
+pub fn gateway_resource() -> ApiResource {
+    gateway_api_resource("Gateway", "gateways")
+}
+
+/// Resolves when `leading` turns false (or its sender is gone). A oneshot rather than the watch
+/// itself: kube-runtime's shutdown trigger must be `Sync`.
+fn until_not_leading(mut until: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = until.wait_for(|l| !*l).await;
+        let _ = stop_tx.send(());
+    });
+    stop_rx.map(drop)
+}
+
+/// Server-side apply of `body` to the status subresource of one object of `resource`
+/// (`namespace` None: cluster-scoped), forced: these conditions are the controller's.
+pub(crate) async fn patch_status(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+    name: &str,
+    kind: &'static str,
+    body: &serde_json::Value,
+) -> Result<(), ReconcileError> {
+    let api = match namespace {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, resource),
+        None => Api::<DynamicObject>::all_with(client.clone(), resource),
+    };
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(body))
+        .await
+        .map_err(|e| {
+            let ns = namespace.unwrap_or_default();
+            api_error("writing the status of", kind, ns, name, e)
+        })?;
+    Ok(())
 }
 
 impl Reconciler {
@@ -139,7 +184,14 @@ impl Reconciler {
             sweep_interval: Duration::from_secs(60),
             failures: Mutex::default(),
             metrics: ReconcileMetrics::default(),
+            mesh: None,
         }
+    }
+
+    /// Also writes the status of HTTPRoutes attached to waypoints or Services, from this state.
+    pub fn with_mesh(mut self, mesh: routes::Mesh) -> Self {
+        self.mesh = Some(mesh);
+        self
     }
 
     pub fn with_metrics(mut self, metrics: ReconcileMetrics) -> Self {
@@ -162,12 +214,16 @@ impl Reconciler {
                 return;
             }
             info!("leading: reconciling waypoints");
-            // A oneshot rather than the watch itself: the shutdown trigger must be `Sync`.
-            let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            let mut until = leading.clone();
-            tokio::spawn(async move {
-                let _ = until.wait_for(|l| !*l).await;
-                let _ = stop_tx.send(());
+            let classes = tokio::spawn(class::run(
+                ctx.client.clone(),
+                until_not_leading(leading.clone()),
+            ));
+            let routes = ctx.mesh.clone().map(|mesh| {
+                tokio::spawn(routes::run(
+                    ctx.client.clone(),
+                    mesh,
+                    until_not_leading(leading.clone()),
+                ))
             });
             let gateways = Api::<DynamicObject>::all_with(ctx.client.clone(), &gateway_resource());
             let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
@@ -177,7 +233,7 @@ impl Reconciler {
                         Api::<Deployment>::all(ctx.client.clone()),
                         watcher::Config::default().labels(&managed),
                     )
-                    .graceful_shutdown_on(stop_rx.map(drop));
+                    .graceful_shutdown_on(until_not_leading(leading.clone()));
             let sweeper = tokio::spawn(sweep_loop(ctx.clone()));
             controller
                 .run(reconcile, error_policy, ctx.clone())
@@ -188,6 +244,11 @@ impl Reconciler {
                 })
                 .await;
             sweeper.abort();
+            // They stop on the same signal: no status is written once another replica leads.
+            let _ = classes.await;
+            if let Some(routes) = routes {
+                let _ = routes.await;
+            }
             info!("stopped reconciling waypoints");
         }
     }
@@ -335,19 +396,21 @@ async fn write_status(
     outcome: &Result<bool, String>,
     hostname: Option<&str>,
 ) -> Result<(), ReconcileError> {
-    let namespace = gw.namespace().unwrap_or_default();
-    let name = gw.name_any();
     let current = serde_json::to_value(gw).unwrap_or_default();
     let Some(body) = status::patch(&current, &status::conditions(outcome), hostname) else {
         return Ok(());
     };
-    let api =
-        Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &namespace, &gateway_resource());
-    let params = PatchParams::apply(MANAGER).force();
-    api.patch_status(&name, &params, &Patch::Apply(&body))
-        .await
-        .map_err(|e| api_error("writing the status of", "Gateway", &namespace, &name, e))?;
-    Ok(())
+    let namespace = gw.namespace().unwrap_or_default();
+    let resource = gateway_resource();
+    patch_status(
+        &ctx.client,
+        &resource,
+        Some(&namespace),
+        &gw.name_any(),
+        "Gateway",
+        &body,
+    )
+    .await
 }
 
 /// Retries a failed Gateway after 1s, 2s, 4s ... up to 5 minutes.

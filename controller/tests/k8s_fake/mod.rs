@@ -21,6 +21,8 @@ use tower_test::mock::{self, SendResponse};
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
 pub const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
+pub const GATEWAY_CLASSES: &str = "/apis/gateway.networking.k8s.io/v1/gatewayclasses";
+pub const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 pub const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
 pub const SERVICES: &str = "/api/v1/services";
 pub const SERVICE_ACCOUNTS: &str = "/api/v1/serviceaccounts";
