@@ -3,6 +3,8 @@
 //! gateway's name, service account `<gateway>`, never captured: it speaks HBONE itself) running
 //! `ambit-waypoint`, and a Service `<gateway>` on port 15008 selecting it, through which the
 //! agents find it (`<gateway>.<ns>.svc.cluster.local`, as the controller's translation names it).
+//! The Service carries the gateway-name label too, as Istio's does: the controller reads it to
+//! never send the waypoint's own traffic through a waypoint (itself, in a namespace using it).
 //!
 //! Tracing is off unless the Gateway asks: the annotation [`OTLP_ANNOTATION`] (an OTLP/HTTP
 //! endpoint, `http://host:port`, e.g. a pod running `ambit/otlp-collector`) is handed to the
@@ -56,7 +58,8 @@ pub fn objects(objects: &BTreeMap<Key, Object>) -> Vec<Object> {
              labels: {{{GATEWAY_NAME_LABEL}: {gw}, istio.io/dataplane-mode: none}}\n  \
              annotations: {{lab.ambit.dev/app: {APP}}}\n\
              spec: {{serviceAccountName: {gw}, containers: [{{name: waypoint, image: ambit/waypoint}}]}}\n\
-             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {gw}, namespace: {ns}}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {gw}, namespace: {ns}, \
+             labels: {{{GATEWAY_NAME_LABEL}: {gw}}}}}\n\
              spec: {{selector: {{{GATEWAY_NAME_LABEL}: {gw}}}, ports: [{{name: mesh, port: 15008, targetPort: 15008}}]}}\n"
         );
         let mut made = parse("waypoint", &text).expect("the lab's own YAML parses");
@@ -116,6 +119,7 @@ pub fn run_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::view::gateway_name;
 
     /// What the lab adds for the Gateways in `yaml`.
     fn added_for(yaml: &str) -> Vec<Object> {
@@ -181,6 +185,37 @@ mod tests {
             data: "/lab/data".into(),
         };
         assert!(run_spec(&desired, &unbuilt, Vec::new()).is_none());
+
+        // The Service carries the label Istio puts on a waypoint's Service: the controller
+        // reads it to keep the waypoint's own traffic out of waypoints.
+        let service = &added[1];
+        assert_eq!(service.labels()[GATEWAY_NAME_LABEL], "waypoint");
+    }
+
+    #[test]
+    fn a_waypoint_never_goes_through_a_waypoint() {
+        // `demo` uses waypoint `demo/waypoint`: everything in it goes through the waypoint
+        // but the waypoint itself, whose Service and pod the lab made.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mesh) = crate::cmd::testing::waypoint_fixture(dir.path());
+        let waypoint_of = |key: &str| {
+            let service = mesh
+                .state
+                .services
+                .values()
+                .find(|s| format!("{}/{}", s.spec.namespace, s.spec.name) == key);
+            let service = service.unwrap_or_else(|| panic!("no service {key}"));
+            gateway_name(service.spec.waypoint.as_ref())
+        };
+        let waypoint = Some("demo/waypoint.demo.svc.cluster.local");
+        assert_eq!(waypoint_of("demo/echo").as_deref(), waypoint);
+        assert_eq!(waypoint_of("demo/waypoint"), None);
+        let pod = mesh
+            .state
+            .workload_by_ip("10.244.2.3".parse().unwrap())
+            .expect("the waypoint's pod");
+        assert_eq!(gateway_name(pod.spec.waypoint.as_ref()), None);
+        assert!(!pod.spec.node_captured, "a waypoint speaks HBONE itself");
     }
 
     #[test]
