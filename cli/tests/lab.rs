@@ -382,3 +382,27 @@ fn lab_commands_report_what_they_did() {
     let status = lab.ok(&["lab", "status"]);
     assert!(status.contains("ready (pid"), "{status}");
 }
+
+#[test]
+fn lab_up_says_starting_waypoints_only_when_one_starts() {
+    // A pod whose process exits at once is restarted by the reconcile that starts waypoints
+    // (once the controller runs): restarting it starts no waypoint, so none is announced.
+    let lab = TestLab::new("lw");
+    let file = lab.dir.path().join("crash.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: crash, namespace: demo}\n\
+         spec: {containers: [{name: c, image: busybox, command: [sh, -c, 'echo started; exit 3']}]}\n",
+    )
+    .unwrap();
+    let out = {
+        let _turn = LAB_UP.lock().unwrap_or_else(|p| p.into_inner());
+        lab.run(&["lab", "up", "--nodes", "1", "-f", file.to_str().unwrap()])
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("waypoint"), "{stderr}");
+    // It did run twice: by the first reconcile, and again by the one after the agents.
+    let log = std::fs::read_to_string(lab.root().join("logs/demo-crash-c.log")).unwrap();
+    assert_eq!(log.matches("started").count(), 2, "{log}");
+}

@@ -160,8 +160,11 @@ pub fn up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> Result<LabState,
     }
     // Waypoints start once the controller has written their tokens.
     let changes = reconcile::settle(dir, &mut state, &launch)?;
-    if changes.processes_started > 0 {
-        say("starting waypoints");
+    if !changes.waypoints_started.is_empty() {
+        say(&format!(
+            "starting waypoints: {}",
+            changes.waypoints_started.join(", ")
+        ));
     }
     let mesh = super::view::load(&dir.manifests())?;
     super::converge::wait(&state, &mesh.state)?;

@@ -24,6 +24,9 @@ pub struct Changes {
     pub pods_added: Vec<String>,
     pub pods_removed: Vec<String>,
     pub processes_started: usize,
+    /// Waypoint pods whose waypoint was started (a pod restarted after a crash is counted in
+    /// `processes_started` only, so "starting waypoints" is said only when one starts).
+    pub waypoints_started: Vec<String>,
     /// Documents the controller rejects (it serves the rest).
     pub rejected: Vec<String>,
     /// Files some pod's process waits for (see [`settle`]).
@@ -45,6 +48,8 @@ pub fn settle(dir: &LabDir, state: &mut LabState, launch: &Launch) -> Result<Cha
             next.pods_added.append(&mut changes.pods_added);
             next.pods_removed.append(&mut changes.pods_removed);
             next.processes_started += changes.processes_started;
+            next.waypoints_started
+                .append(&mut changes.waypoints_started);
             changes = next;
             continue;
         }
@@ -248,6 +253,9 @@ fn start_processes(
             )?;
             record.processes.push(proc);
             changes.processes_started += 1;
+            if launch.waypoint.program.as_deref() == Some(Path::new(&spec.program)) {
+                changes.waypoints_started.push(key.clone());
+            }
         }
         record.run = specs;
         dir.save(state)?;
