@@ -143,4 +143,6 @@ fn echo_reports_a_port_it_cannot_bind() {
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
+    // The cause once: the message leaves it to the error chain.
+    assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
 }

@@ -47,7 +47,7 @@ pub enum ConnectError {
     Reset(SocketAddr),
     #[error("{0} closed the connection without sending anything")]
     Empty(SocketAddr),
-    #[error("connection to {addr}: {source}")]
+    #[error("connection to {addr}")]
     Io { addr: SocketAddr, source: io::Error },
 }
 
@@ -198,7 +198,7 @@ pub async fn run_repeated<W: AsyncWrite + Unpin>(
                 let outcome = match run(&config, &mut response).await {
                     Ok(()) => outcome(&response),
                     Err(err) => {
-                        let outcome = format!("error={:?}", err.to_string());
+                        let outcome = format!("error={:?}", crate::lab::chain(&err));
                         failure.get_or_insert(err);
                         outcome
                     }
@@ -344,6 +344,28 @@ mod tests {
             tally.starts_with("count=2 error=\"connection to "),
             "{tally}"
         );
+    }
+
+    /// A sample app's failure names its cause once, printed with its chain as `ambit` does.
+    #[test]
+    fn an_errors_cause_is_printed_once() {
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let cause = || io::Error::other("the cause");
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(ConnectError::Io {
+                addr,
+                source: cause(),
+            }),
+            Box::new(crate::apps::BindError {
+                addr,
+                source: cause(),
+            }),
+            Box::new(crate::apps::grpc::GrpcError::Output(cause())),
+        ];
+        for err in &errors {
+            let text = crate::lab::chain(err.as_ref());
+            assert_eq!(text.matches("the cause").count(), 1, "{text}");
+        }
     }
 
     #[test]

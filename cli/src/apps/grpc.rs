@@ -33,9 +33,9 @@ use pb::{SayReply, SayRequest};
 pub enum GrpcError {
     #[error(transparent)]
     Bind(#[from] BindError),
-    #[error("serving gRPC: {0}")]
-    Serve(tonic::transport::Error),
-    #[error("connecting to {addr}: {source}")]
+    #[error("serving gRPC")]
+    Serve(#[source] tonic::transport::Error),
+    #[error("connecting to {addr}")]
     Connect {
         addr: SocketAddr,
         source: tonic::transport::Error,
@@ -48,8 +48,8 @@ pub enum GrpcError {
         answers: usize,
         sent: usize,
     },
-    #[error("writing the answers: {0}")]
-    Output(std::io::Error),
+    #[error("writing the answers")]
+    Output(#[source] std::io::Error),
 }
 
 /// Listens on `addr` and serves until the process ends.

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 /// A sample server could not listen where it was told to.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
+#[error("cannot listen on {addr}")]
 pub struct BindError {
     pub addr: SocketAddr,
     pub source: io::Error,

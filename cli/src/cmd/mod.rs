@@ -92,12 +92,12 @@ pub fn lab_up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|objects| objects::validate(&objects));
         if let Err(err) = valid {
-            eprintln!("ambit: {err}");
+            eprintln!("ambit: {err:#}");
             return ExitCode::FAILURE;
         }
     }
     if let Err(err) = lifecycle::up(dir, nodes, manifests) {
-        eprintln!("ambit: {err}");
+        eprintln!("ambit: {}", crate::lab::chain(&err));
         if built_something(dir, &err) {
             eprintln!("(what was built stays for inspection; `ambit lab down` removes it)");
         }

@@ -37,7 +37,7 @@ pub enum KubeProxyError {
         netns: String,
         stderr: String,
     },
-    #[error("writing {}: {source}", path.display())]
+    #[error("writing {}", path.display())]
     Hosts {
         path: PathBuf,
         source: std::io::Error,

@@ -71,6 +71,19 @@ pub enum LabError {
     View(#[from] view::ViewError),
 }
 
+/// `err` and its causes, `outer: inner: ...`, as `{:#}` prints an `anyhow::Error`: a message
+/// names only its own step and leaves the cause to its source, so printing the message alone
+/// would lose the cause.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -109,4 +122,80 @@ pub fn launch(dir: &state::LabDir) -> Result<render::Launch, LabError> {
             data: dir.data(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::io;
+
+    use super::*;
+
+    /// Every lab error with a cause names that cause once when printed with its chain (as
+    /// `ambit` prints errors): a message that also printed its source would say it twice.
+    #[test]
+    fn an_errors_cause_is_printed_once() {
+        let cause = || io::Error::other("the cause");
+        let path = || PathBuf::from("/lab/x");
+        let (netns, command) = (|| "lab-node1".to_owned(), || "ip link".to_owned());
+        let errors: Vec<Box<dyn Error>> = vec![
+            Box::new(LabError::from(objects::ObjectError::Read {
+                path: path(),
+                source: cause(),
+            })),
+            Box::new(LabError::from(state::StateError::Io {
+                path: path(),
+                source: cause(),
+            })),
+            Box::new(LabError::from(procs::ProcError::Log {
+                path: path(),
+                source: cause(),
+            })),
+            Box::new(LabError::from(procs::ProcError::Spawn {
+                program: "ambit".into(),
+                netns: netns(),
+                source: cause(),
+            })),
+            Box::new(LabError::from(kubeproxy::KubeProxyError::Hosts {
+                path: path(),
+                source: cause(),
+            })),
+            Box::new(netns::NetnsError::Spawn {
+                command: command(),
+                source: cause(),
+            }),
+            Box::new(netns::NetnsError::Enter {
+                netns: netns(),
+                source: cause(),
+            }),
+            Box::new(netns::NetnsError::InNetns {
+                netns: netns(),
+                source: cause(),
+            }),
+            Box::new(netns::NetnsError::Sysctl {
+                netns: netns(),
+                key: "net.ipv4.ip_forward".into(),
+                source: cause(),
+            }),
+            Box::new(netns::NetnsError::Io {
+                path: path(),
+                source: cause(),
+            }),
+            Box::new(wire::WireError::Read {
+                path: path(),
+                source: cause(),
+            }),
+        ];
+        for err in &errors {
+            let text = chain(err.as_ref());
+            assert_eq!(text.matches("the cause").count(), 1, "{text}");
+        }
+        let corrupt = state::StateError::Corrupt {
+            path: path(),
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        };
+        let text = chain(&corrupt);
+        assert_eq!(text.matches("expected value").count(), 1, "{text}");
+        assert!(text.contains("`ambit lab down` removes it"), "{text}");
+    }
 }

@@ -30,7 +30,7 @@ pub enum ObjectError {
         document: usize,
         reason: String,
     },
-    #[error("reading {}: {source}", path.display())]
+    #[error("reading {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -18,9 +18,9 @@ use super::netns::command_in;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    #[error("opening log {}: {source}", path.display())]
+    #[error("opening log {}", path.display())]
     Log { path: PathBuf, source: io::Error },
-    #[error("starting {program} in {netns}: {source}")]
+    #[error("starting {program} in {netns}")]
     Spawn {
         program: String,
         netns: String,

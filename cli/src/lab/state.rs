@@ -32,9 +32,9 @@ pub const DEFAULT_PREFIX: &str = "ambit";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    #[error("{} is not a lab state file ({source}); `ambit lab down` removes it", path.display())]
+    #[error("{} is not a lab state file (`ambit lab down` removes it)", path.display())]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,

@@ -14,7 +14,7 @@ const START_DEADLINE: Duration = Duration::from_secs(10);
 pub enum WireError {
     #[error("starting tcpdump in {netns}: {reason} (apt-get install -y tcpdump)")]
     Start { netns: String, reason: String },
-    #[error("reading the capture {}: {source}", path.display())]
+    #[error("reading the capture {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -47,21 +47,21 @@ pub enum NetnsError {
         status: String,
         stderr: String,
     },
-    #[error("could not run `{command}` (is iproute2 installed?): {source}")]
+    #[error("could not run `{command}` (is iproute2 installed?)")]
     Spawn { command: String, source: io::Error },
-    #[error("could not enter network namespace {netns}: {source}")]
+    #[error("could not enter network namespace {netns}")]
     Enter { netns: String, source: io::Error },
-    #[error("in network namespace {netns}: {source}")]
+    #[error("in network namespace {netns}")]
     InNetns { netns: String, source: io::Error },
     #[error("the thread running in network namespace {netns} panicked")]
     Panicked { netns: String },
-    #[error("setting {key} in network namespace {netns}: {source}")]
+    #[error("setting {key} in network namespace {netns}")]
     Sysctl {
         netns: String,
         key: String,
         source: io::Error,
     },
-    #[error("reading {}: {source}", path.display())]
+    #[error("reading {}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("processes {pids:?} are still in network namespace {netns} after SIGKILL")]
     ProcessesRemain { netns: String, pids: Vec<i32> },
@@ -360,7 +360,7 @@ impl Drop for Topology {
         if !self.destroyed
             && let Err(err) = Self::cleanup(&self.prefix)
         {
-            tracing::warn!(prefix = %self.prefix, error = %err, "could not remove lab topology");
+            tracing::warn!(prefix = %self.prefix, error = %super::chain(&err), "could not remove lab topology");
         }
     }
 }
