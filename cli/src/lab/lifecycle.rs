@@ -16,6 +16,9 @@ use super::{LabError, admin, binary, has_tool, is_root, kubeproxy, launch, procs
 /// Upper bound for a process to become ready on a loaded machine; normally a second or two.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
+/// How long `down` lets the lab's processes exit on SIGTERM, all of them together, before
+/// SIGKILL: an agent removing its node's rules needs well under a second.
+const DOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Prints progress on stderr, so stdout stays the command's result.
 pub fn say(line: &str) {
@@ -224,19 +227,14 @@ pub fn down(dir: &LabDir) -> Result<Removed, LabError> {
     }
     let mut removed = Removed::default();
     // Processes the state remembers first (pid and start time both match, so nothing else is
-    // ever signalled); agents get SIGTERM and remove their own rules.
+    // ever signalled), all at once: agents get SIGTERM and remove their own rules meanwhile.
     if let Ok(state) = dir.load() {
         let all = state
             .agents
             .values()
             .chain(state.controller.iter())
             .chain(state.pods.values().flat_map(|p| p.processes.iter()));
-        for proc in all {
-            if proc.alive() {
-                removed.processes += 1;
-                procs::stop(proc, Duration::from_secs(3));
-            }
-        }
+        removed.processes = procs::stop_all(all, DOWN_GRACE);
     }
     // Then everything named with the prefix, remembered or not: namespaces (with whatever still
     // runs inside them, and every link, route and rule they hold) and hosts files.

@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 use serde::{Deserialize, Serialize};
@@ -126,12 +127,68 @@ fn stat(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// Sends SIGTERM, waits up to `grace` for the process to exit, then SIGKILLs it.
-pub fn stop(proc: &Proc, grace: std::time::Duration) {
-    proc.signal(Signal::TERM);
-    let deadline = std::time::Instant::now() + grace;
-    while proc.alive() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+/// Stops `procs` together: SIGTERM to every one at once, one shared `grace` for all of them to
+/// exit, then SIGKILL to whatever is left. Each still gets the whole grace to shut down cleanly
+/// (an agent removes its node's rules on SIGTERM), but stopping a lab takes as long as its
+/// slowest process rather than the sum of them all. Returns how many were running.
+pub fn stop_all<'a>(procs: impl IntoIterator<Item = &'a Proc>, grace: Duration) -> usize {
+    let running: Vec<&Proc> = procs.into_iter().filter(|p| p.alive()).collect();
+    for proc in &running {
+        proc.signal(Signal::TERM);
     }
-    proc.signal(Signal::KILL);
+    let deadline = Instant::now() + grace;
+    while running.iter().any(|p| p.alive()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // `signal` skips the ones that exited, so only stragglers are killed.
+    for proc in &running {
+        proc.signal(Signal::KILL);
+    }
+    running.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Child, Command};
+
+    use super::*;
+
+    /// A shell running `on_term` when SIGTERM arrives (`""` ignores it), as a lab process.
+    fn shell(on_term: &str) -> (Child, Proc) {
+        let script = format!("trap '{on_term}' TERM; while :; do sleep 0.02; done");
+        let child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+        let pid = child.id();
+        // The trap must be set before the signal comes, or SIGTERM's default kills the shell.
+        std::thread::sleep(Duration::from_millis(200));
+        let proc = Proc {
+            pid,
+            start_time: stat(pid).unwrap().1,
+            log: PathBuf::new(),
+        };
+        (child, proc)
+    }
+
+    #[test]
+    fn stop_all_waits_for_everyone_at_once_then_kills_stragglers() {
+        // Three that take 300 ms to exit cleanly, as an agent removing its rules does, and two
+        // that ignore SIGTERM. One by one this takes 3 x 300 ms + 2 x grace.
+        let mut clean: Vec<_> = (0..3).map(|_| shell("sleep 0.3; exit 7")).collect();
+        let mut stuck: Vec<_> = (0..2).map(|_| shell("")).collect();
+        let grace = Duration::from_millis(800);
+        let start = Instant::now();
+        let all = clean.iter().chain(&stuck).map(|(_, p)| p);
+        assert_eq!(stop_all(all, grace), 5);
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+        for (child, _) in &mut clean {
+            assert_eq!(child.wait().unwrap().code(), Some(7), "exited on its own");
+        }
+        for (child, _) in &mut stuck {
+            assert_eq!(child.wait().unwrap().signal(), Some(9), "killed");
+        }
+        // Gone processes are not counted (or signalled) again.
+        let again = clean.iter().chain(&stuck).map(|(_, p)| p);
+        assert_eq!(stop_all(again, grace), 0);
+    }
 }

@@ -164,11 +164,13 @@ fn sync_pods(
         .filter(|k| !desired.contains_key(*k))
         .cloned()
         .collect();
+    // The removed pods' processes stop together, one grace period for all of them.
+    procs::stop_all(
+        gone.iter().flat_map(|k| &state.pods[k].processes),
+        POD_GRACE,
+    );
     for key in gone {
         let record = state.pods.get(&key).expect("listed").clone();
-        for proc in &record.processes {
-            procs::stop(proc, POD_GRACE);
-        }
         topology.remove_pod(&topology_name(&record.namespace, &record.name))?;
         let _ = std::fs::remove_dir_all(kubeproxy::hosts_path(&record.netns).with_file_name(""));
         state.pods.remove(&key);
@@ -239,9 +241,7 @@ fn start_processes(
             changes.waiting.extend(missing);
             continue;
         }
-        for proc in &record.processes {
-            procs::stop(proc, POD_GRACE);
-        }
+        procs::stop_all(&record.processes, POD_GRACE);
         record.processes.clear();
         for spec in &specs {
             let proc = procs::spawn(
