@@ -144,28 +144,46 @@ fn install_missing(dir: &LabDir) -> Result<(), String> {
     }
 }
 
+/// The tools the lab and the tour run, and the Debian package of each.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("iptables-restore", "iptables"),
+    ("tcpdump", "tcpdump"),
+];
+
+/// The packages to install for the tools `has` lacks, each named once (two tools may come in
+/// one package).
+fn missing_packages(has: impl Fn(&str) -> bool) -> Vec<&'static str> {
+    let mut missing: Vec<&str> = Vec::new();
+    for (_, package) in TOOLS.iter().filter(|(tool, _)| !has(tool)) {
+        if !missing.contains(package) {
+            missing.push(package);
+        }
+    }
+    missing
+}
+
+/// How long apt-get waits for another apt or dpkg run (on a fresh machine, often the first
+/// boot's own updates) to release its lock, rather than failing at once.
+const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+
 fn install_packages() -> Result<(), String> {
-    let missing: Vec<&str> = [
-        ("ip", "iproute2"),
-        ("iptables", "iptables"),
-        ("iptables-restore", "iptables"),
-        ("tcpdump", "tcpdump"),
-    ]
-    .iter()
-    .filter(|(tool, _)| !has_tool(tool))
-    .map(|(_, package)| *package)
-    .collect();
+    let missing = missing_packages(has_tool);
     if missing.is_empty() {
         return Ok(());
     }
     println!("Installing {} (apt-get)", missing.join(", "));
     let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
-    if !ok(Command::new("apt-get").args(["update", "-qq"]))
-        || !ok(Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    {
+    let apt = |args: &[&str]| {
+        let mut command = Command::new("apt-get");
+        command
+            .args(["-o", APT_LOCK_WAIT])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    if !ok(&mut apt(&["update", "-qq"])) || !ok(apt(&["install", "-y", "-qq"]).args(&missing)) {
         return Err(format!(
             "could not install {}: install them (`apt-get install -y {}`) and run the demo again",
             missing.join(", "),
@@ -198,5 +216,23 @@ mod tempfile_dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_package_is_installed_once_for_all_its_missing_tools() {
+        assert_eq!(
+            missing_packages(|_| false),
+            ["iproute2", "iptables", "tcpdump"]
+        );
+        assert_eq!(
+            missing_packages(|tool| tool != "iptables-restore"),
+            ["iptables"]
+        );
+        assert!(missing_packages(|_| true).is_empty());
     }
 }
