@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use ambit_cli::cluster::render::{self, Values};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -81,11 +81,63 @@ fn round_trip<T: DeserializeOwned + Serialize>(object: &Value) -> Result<(), Str
     Ok(())
 }
 
+/// A GatewayClass by Gateway API v1.2's schema (its CRD is upstream's, not in deploy/): only
+/// its fields, a controllerName of the form `domain/path`, a description of at most 64 characters.
+fn gateway_class(object: &Value) -> Result<(), String> {
+    let mut errors = Vec::new();
+    if object["apiVersion"] != "gateway.networking.k8s.io/v1" {
+        errors.push(format!("apiVersion {}", object["apiVersion"]));
+    }
+    let spec = object["spec"].as_object().cloned().unwrap_or_default();
+    for key in spec.keys() {
+        if !["controllerName", "description", "parametersRef"].contains(&key.as_str()) {
+            errors.push(format!("unknown field spec.{key}"));
+        }
+    }
+    let controller = object["spec"]["controllerName"]
+        .as_str()
+        .unwrap_or_default();
+    let domain_ok = |d: &str| {
+        !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(|l| {
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    };
+    match controller.split_once('/') {
+        Some((domain, path)) if domain_ok(domain) && !path.is_empty() => {}
+        _ => errors.push(format!(
+            "spec.controllerName {controller:?} is not domain/path"
+        )),
+    }
+    if object["spec"]["description"]
+        .as_str()
+        .is_some_and(|d| d.len() > 64)
+    {
+        errors.push("spec.description is longer than 64 characters".into());
+    }
+    let meta = object["metadata"].as_object().cloned().unwrap_or_default();
+    if meta.contains_key("namespace") {
+        errors.push("a GatewayClass is cluster-scoped: no metadata.namespace".into());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
 /// Parses an object into its k8s-openapi type; every kind deploy/ ships must be listed here.
 fn check_typed(object: &Value) -> Result<(), String> {
     let kind = object["kind"].as_str().unwrap_or_default();
     match kind {
         "Namespace" => round_trip::<Namespace>(object),
+        "ConfigMap" => round_trip::<ConfigMap>(object),
+        "GatewayClass" => gateway_class(object),
         "ServiceAccount" => round_trip::<ServiceAccount>(object),
         "Service" => round_trip::<Service>(object),
         "ClusterRole" => round_trip::<ClusterRole>(object),

@@ -295,6 +295,57 @@ async fn an_invalid_waypoint_is_not_accepted_and_other_classes_are_left_alone() 
     .await;
 }
 
+/// `ambit.dev/otlp-endpoint` turns the waypoint's traces on; a value the waypoint would refuse at
+/// start (crash-looping every pod) is refused on the Gateway instead.
+#[tokio::test]
+async fn the_otlp_annotation_reaches_the_waypoint_and_a_bad_one_is_not_accepted() {
+    let (fake, _leading) = start(true);
+    let annotated = |name: &str, endpoint: &str| {
+        let mut gw = gateway(name, "ambit-waypoint", json!({}));
+        gw["metadata"]["annotations"] = json!({"ambit.dev/otlp-endpoint": endpoint});
+        gw
+    };
+    fake.put(
+        GATEWAYS,
+        annotated("traced", "http://collector.observability:4318"),
+    );
+    fake.put(
+        GATEWAYS,
+        annotated("tls", "https://collector.observability:4318"),
+    );
+    deployed(&fake, "traced").await;
+    let args = |fake: &FakeApi| -> Vec<String> {
+        let d = fake.get(DEPLOYMENTS, NS, "traced").unwrap();
+        let args = d["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+        serde_json::from_value(args).unwrap()
+    };
+    assert!(
+        args(&fake).contains(&"--otlp-endpoint=http://collector.observability:4318".to_string()),
+        "{:?}",
+        args(&fake)
+    );
+    fake.wait_for("the https endpoint refused", |f| {
+        condition_is(f, "tls", "Accepted", "False")
+    })
+    .await;
+    let gw = fake.get(GATEWAYS, NS, "tls").unwrap();
+    let message = condition(&gw, "Accepted").unwrap()["message"].clone();
+    assert!(
+        message.as_str().unwrap().contains("https is not supported"),
+        "{message}"
+    );
+    assert!(fake.get(DEPLOYMENTS, NS, "tls").is_none());
+
+    // The annotation removed: tracing off again.
+    fake.update(GATEWAYS, NS, "traced", |g| {
+        g["metadata"]["annotations"] = json!({});
+    });
+    fake.wait_for("the flag gone", |f| {
+        !args(f).iter().any(|a| a.starts_with("--otlp-endpoint"))
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_failed_write_is_retried() {
     let (fake, client) = FakeApi::start();

@@ -326,13 +326,15 @@ fn waypoint_class(gw: &DynamicObject) -> bool {
         .is_some_and(|c| waypoint::WAYPOINT_CLASSES.contains(&c))
 }
 
-/// The Gateway decoded and checked as the sources do it; `Err` is the message for its status.
-fn validate(gw: &DynamicObject) -> Result<(), String> {
+/// The Gateway decoded and checked as the sources do it, and its annotations as its waypoint
+/// will read them; `Err` is the message for its status. `Ok` is the OTLP endpoint, if any.
+fn validate(gw: &DynamicObject) -> Result<Option<String>, String> {
     let value = serde_json::to_value(gw).map_err(|e| e.to_string())?;
     let decoded: model::Gateway =
         serde_json::from_value(value).map_err(|e| format!("the Gateway does not decode: {e}"))?;
     translate::validate(&Object::Gateway(decoded).with_defaults())
-        .map_err(|e| format!("{}: {}", e.field, e.reason))
+        .map_err(|e| format!("{}: {}", e.field, e.reason))?;
+    objects::otlp_endpoint(gw.annotations())
 }
 
 async fn reconcile(gw: Arc<DynamicObject>, ctx: Arc<Reconciler>) -> Result<Action, ReconcileError> {
@@ -344,12 +346,13 @@ async fn reconcile(gw: Arc<DynamicObject>, ctx: Arc<Reconciler>) -> Result<Actio
             // Not ours, or on its way out (the garbage collector follows).
             return Ok(Action::await_change());
         }
+        let checked = validate(&gw);
         let key = GatewayKey {
             namespace: namespace.clone(),
             name: name.clone(),
             uid: gw.uid().unwrap_or_default(),
+            otlp_endpoint: checked.clone().ok().flatten(),
         };
-        let checked = validate(&gw);
         let outcome = match &checked {
             Err(message) => {
                 // The last good waypoint, if any, keeps running: the translation also keeps the
@@ -357,7 +360,7 @@ async fn reconcile(gw: Arc<DynamicObject>, ctx: Arc<Reconciler>) -> Result<Actio
                 warn!(reason = %message, "invalid waypoint Gateway; not accepted");
                 Err(message.clone())
             }
-            Ok(()) => Ok(deploy(&ctx, &key).await?),
+            Ok(_) => Ok(deploy(&ctx, &key).await?),
         };
         let hostname = checked
             .is_ok()

@@ -1,26 +1,25 @@
 //! What a waypoint Gateway becomes on the cluster: a ServiceAccount (its identity), a ConfigMap
 //! with the mesh root (to check the controller's certificate), a Deployment running
-//! `ambit-waypoint`, and a Service in front of it. Pure functions of the Gateway and the settings,
-//! so they are tested without a cluster and applying them twice changes nothing.
+//! `ambit-waypoint`, and a Service in front of it. They are `deploy/base/waypoint-template.yaml`,
+//! embedded here and filled in, so the shipped template and what the controller applies are one
+//! file. Pure functions of the Gateway and the settings, so they are tested without a cluster
+//! and applying them twice changes nothing.
 //!
 //! Every object is owned by the Gateway (`controller: true`), so deleting the Gateway deletes
 //! them through the garbage collector, and carries [`MANAGED_BY`] so the sweep can find the ones
 //! whose Gateway is gone when the garbage collector is not running.
+//!
+//! Placeholders are filled in the parsed objects, never in the text, so no value (a Gateway's
+//! annotation, the root PEM) can change a manifest's structure.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeProjection,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-use crate::translate::waypoint::GATEWAY_NAME_LABEL;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// On every object the reconciler makes, and the selector the sweep lists them with.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "ambit-controller");
@@ -28,12 +27,11 @@ pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 pub const HBONE_PORT: i32 = ambit_proto::hbone::HBONE_PORT as i32;
 /// The waypoint's `--metrics-addr` port: `/metrics` and `/healthz/ready`.
 pub const METRICS_PORT: i32 = 15020;
-const TOKEN_DIR: &str = "/var/run/secrets/ambit";
-const ROOT_DIR: &str = "/etc/ambit/root";
-const ROOT_KEY: &str = "root-cert.pem";
-/// Projected tokens are rotated by the kubelet at 80% of this; the waypoint re-reads the file for
-/// every certificate request and config stream, so it only ever needs the current one.
-const TOKEN_SECONDS: i64 = 3600;
+/// On a waypoint Gateway: send its waypoint's traces to this OTLP/HTTP collector,
+/// `http://host:port` (the waypoint's `--otlp-endpoint`). The lab reads
+/// `lab.ambit.dev/otlp-endpoint` for the same.
+pub const OTLP_ENDPOINT: &str = "ambit.dev/otlp-endpoint";
+pub const TEMPLATE: &str = include_str!("../../../deploy/base/waypoint-template.yaml");
 
 /// What every waypoint shares: how it is run and how it reaches the controller.
 #[derive(Debug, Clone)]
@@ -49,12 +47,15 @@ pub struct WaypointSettings {
     pub root_cert_pem: String,
 }
 
-/// The Gateway an object belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// The Gateway the objects are made for: which one (namespace, name, uid) and what of it shapes
+/// its waypoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GatewayKey {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// [`OTLP_ENDPOINT`], checked by [`otlp_endpoint`].
+    pub otlp_endpoint: Option<String>,
 }
 
 impl GatewayKey {
@@ -66,55 +67,107 @@ impl GatewayKey {
     pub fn root_config_map(&self) -> String {
         format!("{}-ambit-root-cert", self.name)
     }
+}
 
-    fn selector(&self) -> BTreeMap<String, String> {
-        [(GATEWAY_NAME_LABEL.to_string(), self.name.clone())].into()
+/// The annotation [`OTLP_ENDPOINT`] of a Gateway, checked as the waypoint checks its
+/// `--otlp-endpoint` (a bad one would make every waypoint pod exit at start); `Err` is why.
+pub fn otlp_endpoint(annotations: &BTreeMap<String, String>) -> Result<Option<String>, String> {
+    let Some(endpoint) = annotations.get(OTLP_ENDPOINT) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        Err(format!(
+            "metadata.annotations[{OTLP_ENDPOINT}]: {endpoint:?}: {why}"
+        ))
+    };
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return bad("must be http://host:port (https is not supported)");
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.starts_with(':') || authority.contains('@') {
+        return bad("must be http://host:port");
     }
-
-    fn metadata(&self, name: String) -> ObjectMeta {
-        let mut labels = self.selector();
-        labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-        ObjectMeta {
-            name: Some(name),
-            namespace: Some(self.namespace.clone()),
-            labels: Some(labels),
-            owner_references: Some(vec![self.owner_reference()]),
-            ..ObjectMeta::default()
-        }
+    if endpoint.contains('?') || endpoint.chars().any(char::is_whitespace) {
+        return bad("no query or white space allowed");
     }
+    Ok(Some(endpoint.clone()))
+}
 
-    /// `blockOwnerDeletion` is left unset: setting it needs `update` on `gateways/finalizers`,
-    /// and foreground deletion of a waypoint is not worth that permission.
-    fn owner_reference(&self) -> OwnerReference {
-        OwnerReference {
-            api_version: GATEWAY_API_VERSION.into(),
-            kind: "Gateway".into(),
-            name: self.name.clone(),
-            uid: self.uid.clone(),
-            controller: Some(true),
-            ..OwnerReference::default()
-        }
+/// The template's documents, parsed once.
+fn template() -> &'static [Value] {
+    static PARSED: OnceLock<Vec<Value>> = OnceLock::new();
+    PARSED.get_or_init(|| {
+        serde_yaml::Deserializer::from_str(TEMPLATE)
+            .map(|d| serde::Deserialize::deserialize(d).expect("waypoint-template.yaml is YAML"))
+            .collect()
+    })
+}
+
+/// The template's object of `kind`, with every `${KEY}` in its strings replaced (in one pass,
+/// so a value is never expanded again) and decoded as `K`.
+fn fill<K: DeserializeOwned>(kind: &str, values: &BTreeMap<&str, String>) -> K {
+    let mut object = template()
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("waypoint-template.yaml has no {kind}"))
+        .clone();
+    substitute(&mut object, values);
+    serde_json::from_value(object)
+        .unwrap_or_else(|e| panic!("waypoint-template.yaml's {kind} does not decode: {e}"))
+}
+
+fn substitute(value: &mut Value, values: &BTreeMap<&str, String>) {
+    match value {
+        Value::String(s) => *s = expand(s, values),
+        Value::Array(items) => items.iter_mut().for_each(|v| substitute(v, values)),
+        Value::Object(map) => map.values_mut().for_each(|v| substitute(v, values)),
+        _ => {}
     }
 }
 
-/// Named after the Gateway: the CA gives a waypoint's token exactly the identity
-/// `ns/<namespace>/sa/<gateway>`.
-pub fn service_account(gw: &GatewayKey) -> ServiceAccount {
-    ServiceAccount {
-        metadata: gw.metadata(gw.name.clone()),
-        // The waypoint uses its projected token only; the default mount would be a second,
-        // broader credential in the pod.
-        automount_service_account_token: Some(false),
-        ..ServiceAccount::default()
+/// `${KEY}`s of `values` replaced; any other text, an unknown key included, as it is.
+pub fn expand(text: &str, values: &BTreeMap<&str, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after
+            .find('}')
+            .and_then(|end| Some((values.get(&after[..end])?, end)))
+        {
+            Some((value, end)) => {
+                out.push_str(value);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
+    out
+}
+
+/// The values every object of `gw` takes.
+fn values(gw: &GatewayKey) -> BTreeMap<&'static str, String> {
+    [
+        ("GATEWAY", gw.name.clone()),
+        ("NAMESPACE", gw.namespace.clone()),
+        ("GATEWAY_UID", gw.uid.clone()),
+    ]
+    .into()
+}
+
+pub fn service_account(gw: &GatewayKey) -> ServiceAccount {
+    fill("ServiceAccount", &values(gw))
 }
 
 pub fn root_config_map(gw: &GatewayKey, settings: &WaypointSettings) -> ConfigMap {
-    ConfigMap {
-        metadata: gw.metadata(gw.root_config_map()),
-        data: Some([(ROOT_KEY.to_string(), settings.root_cert_pem.clone())].into()),
-        ..ConfigMap::default()
-    }
+    let mut values = values(gw);
+    values.insert("ROOT_CERT", settings.root_cert_pem.clone());
+    fill("ConfigMap", &values)
 }
 
 /// `controller` is where the waypoint dials the controller: the waypoint takes a socket
@@ -124,150 +177,45 @@ pub fn deployment(
     settings: &WaypointSettings,
     controller: SocketAddr,
 ) -> Deployment {
-    let args = vec![
-        format!("--waypoint={}/{}", gw.namespace, gw.name),
-        format!("--controller-addr={controller}"),
-        format!("--controller-namespace={}", settings.controller_namespace),
-        format!("--trust-domain={}", settings.trust_domain),
-        format!("--root-cert={ROOT_DIR}/{ROOT_KEY}"),
-        format!("--token-file={TOKEN_DIR}/token"),
-    ];
-    let port = |name: &str, port: i32| ContainerPort {
-        name: Some(name.into()),
-        container_port: port,
-        protocol: Some("TCP".into()),
-        ..ContainerPort::default()
-    };
-    let container = Container {
-        name: "waypoint".into(),
-        image: Some(settings.image.clone()),
-        args: Some(args),
-        ports: Some(vec![
-            port("mesh", HBONE_PORT),
-            port("metrics", METRICS_PORT),
-        ]),
-        readiness_probe: Some(Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some("/healthz/ready".into()),
-                port: IntOrString::Int(METRICS_PORT),
-                ..HTTPGetAction::default()
-            }),
-            period_seconds: Some(5),
-            ..Probe::default()
-        }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "ambit-token".into(),
-                mount_path: TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "ambit-root".into(),
-                mount_path: ROOT_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
-        // A proxy of other pods' traffic: nothing in it needs privileges.
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
-    };
-    let token = ProjectedVolumeSource {
-        sources: Some(vec![VolumeProjection {
-            service_account_token: Some(ServiceAccountTokenProjection {
-                audience: settings.token_audience.clone(),
-                expiration_seconds: Some(TOKEN_SECONDS),
-                path: "token".into(),
-                ..ServiceAccountTokenProjection::default()
-            }),
-            ..VolumeProjection::default()
-        }]),
-        ..ProjectedVolumeSource::default()
-    };
-    let mut pod_labels = gw.selector();
-    pod_labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-    Deployment {
-        metadata: gw.metadata(gw.name.clone()),
-        spec: DeploymentSpec {
-            // `replicas` is not set: created with the default of one, then whoever scales the
-            // Deployment (a user, an autoscaler) owns it and the reconciler does not fight them.
-            selector: LabelSelector {
-                match_labels: Some(gw.selector()),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(gw.name.clone()),
-                    automount_service_account_token: Some(false),
-                    // The namespace's Services would otherwise become `<NAME>_PORT`-style
-                    // variables, and a Service named like one of the waypoint's `AMBIT_*`
-                    // settings (`ambit-upstream-hbone`) would set it.
-                    enable_service_links: Some(false),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "ambit-token".into(),
-                            projected: Some(token),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "ambit-root".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: gw.root_config_map(),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                    ]),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
+    let mut values = values(gw);
+    values.insert("IMAGE", settings.image.clone());
+    values.insert("CONTROLLER_ADDR", controller.to_string());
+    values.insert(
+        "CONTROLLER_NAMESPACE",
+        settings.controller_namespace.clone(),
+    );
+    values.insert("TRUST_DOMAIN", settings.trust_domain.clone());
+    values.insert(
+        "TOKEN_AUDIENCE",
+        settings.token_audience.clone().unwrap_or_default(),
+    );
+    let mut deployment: Deployment = fill("Deployment", &values);
+    let pod = deployment
+        .spec
+        .template
+        .spec
+        .as_mut()
+        .expect("the template's Deployment has a pod spec");
+    if settings.token_audience.is_none() {
+        // No audience: the API server's default, which an empty string is not.
+        for volume in pod.volumes.iter_mut().flatten() {
+            let sources = volume.projected.as_mut().and_then(|p| p.sources.as_mut());
+            for source in sources.into_iter().flatten() {
+                if let Some(token) = source.service_account_token.as_mut() {
+                    token.audience = None;
+                }
+            }
+        }
     }
+    if let Some(endpoint) = &gw.otlp_endpoint {
+        let args = pod.containers[0].args.get_or_insert_with(Vec::new);
+        args.push(format!("--otlp-endpoint={endpoint}"));
+    }
+    deployment
 }
 
-/// `<gateway>.<namespace>.svc`: the address the translation gives agents for the waypoint
-/// (`translate::waypoint::address`), HBONE on 15008.
 pub fn service(gw: &GatewayKey) -> Service {
-    let port = |name: &str, port: i32, app_protocol: Option<&str>| ServicePort {
-        name: Some(name.into()),
-        port,
-        target_port: Some(IntOrString::Int(port)),
-        protocol: Some("TCP".into()),
-        app_protocol: app_protocol.map(Into::into),
-        ..ServicePort::default()
-    };
-    Service {
-        metadata: gw.metadata(gw.name.clone()),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(gw.selector()),
-            // As Istio names its waypoints' ports, so dashboards and policies carry over.
-            ports: Some(vec![
-                port("mesh", HBONE_PORT, Some("all")),
-                port("metrics", METRICS_PORT, Some("http")),
-            ]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    fill("Service", &values(gw))
 }
 
 /// Whether the Deployment has a replica that can take traffic.
@@ -277,4 +225,121 @@ pub fn is_available(deployment: &Deployment) -> bool {
         .as_ref()
         .and_then(|s| s.available_replicas)
         .is_some_and(|n| n >= 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(otlp: Option<&str>) -> GatewayKey {
+        GatewayKey {
+            namespace: "shop".into(),
+            name: "wp".into(),
+            uid: "uid-1".into(),
+            otlp_endpoint: otlp.map(String::from),
+        }
+    }
+
+    fn settings(audience: Option<&str>) -> WaypointSettings {
+        WaypointSettings {
+            image: "example.com/waypoint:1".into(),
+            trust_domain: "mesh.example".into(),
+            cluster_domain: "cluster.local".into(),
+            controller_namespace: "ambit-system".into(),
+            token_audience: audience.map(String::from),
+            root_cert_pem: "-----BEGIN CERTIFICATE-----\n${GATEWAY}\n".into(),
+        }
+    }
+
+    /// Every object, filled in: no placeholder is left, and a value is never expanded again.
+    #[test]
+    fn every_placeholder_of_the_template_is_filled_and_values_are_not_expanded() {
+        let controller: SocketAddr = "10.96.0.12:15012".parse().unwrap();
+        let s = settings(Some("ambit"));
+        let objects = [
+            serde_json::to_value(service_account(&key(None))).unwrap(),
+            serde_json::to_value(root_config_map(&key(None), &s)).unwrap(),
+            serde_json::to_value(deployment(&key(None), &s, controller)).unwrap(),
+            serde_json::to_value(service(&key(None))).unwrap(),
+        ];
+        assert_eq!(
+            objects.len(),
+            template().len(),
+            "one function per template object"
+        );
+        let root = &objects[1]["data"]["root-cert.pem"];
+        assert_eq!(root, "-----BEGIN CERTIFICATE-----\n${GATEWAY}\n");
+        for object in &objects[..] {
+            let mut text = object.to_string();
+            text = text.replace("${GATEWAY}\\n", "");
+            assert!(!text.contains("${"), "{text}");
+            assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+            assert_eq!(object["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1);
+        }
+        let args = &objects[2]["spec"]["template"]["spec"]["containers"][0]["args"];
+        assert_eq!(args[0], "--waypoint=shop/wp");
+        assert_eq!(args[1], "--controller-addr=10.96.0.12:15012");
+    }
+
+    #[test]
+    fn the_templates_ports_are_the_ones_the_code_and_the_translation_use() {
+        let d = deployment(
+            &key(None),
+            &settings(None),
+            "10.0.0.1:15012".parse().unwrap(),
+        );
+        let pod = d.spec.template.spec.unwrap();
+        let ports: Vec<i32> = pod.containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.container_port)
+            .collect();
+        assert_eq!(ports, [HBONE_PORT, METRICS_PORT]);
+        let svc = service(&key(None)).spec.unwrap();
+        let ports: Vec<i32> = svc.ports.iter().flatten().map(|p| p.port).collect();
+        assert_eq!(ports, [HBONE_PORT, METRICS_PORT]);
+        // No audience: the field is left out (the API server's default), not empty.
+        let token = pod.volumes.unwrap()[0]
+            .projected
+            .clone()
+            .unwrap()
+            .sources
+            .unwrap()[0]
+            .service_account_token
+            .clone()
+            .unwrap();
+        assert_eq!(token.audience, None);
+    }
+
+    #[test]
+    fn the_otlp_annotation_becomes_the_waypoints_flag_and_a_bad_one_is_refused() {
+        let annotations = |v: &str| BTreeMap::from([(OTLP_ENDPOINT.to_string(), v.to_string())]);
+        let good = otlp_endpoint(&annotations("http://collector.observability:4318")).unwrap();
+        assert_eq!(good.as_deref(), Some("http://collector.observability:4318"));
+        let d = deployment(
+            &key(good.as_deref()),
+            &settings(None),
+            "10.0.0.1:1".parse().unwrap(),
+        );
+        let args = d.spec.template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert_eq!(
+            args.last().unwrap(),
+            "--otlp-endpoint=http://collector.observability:4318"
+        );
+        assert_eq!(otlp_endpoint(&BTreeMap::new()), Ok(None));
+        for bad in [
+            "https://c:4318",
+            "collector:4318",
+            "http://",
+            "http://u@c:1",
+            "http://c?x=1",
+        ] {
+            let e = otlp_endpoint(&annotations(bad)).unwrap_err();
+            assert!(e.contains(OTLP_ENDPOINT), "{e}");
+        }
+    }
 }
