@@ -4,13 +4,19 @@
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use serde_json::Value;
 
-use super::{ClusterError, NAMESPACE};
+use super::{ClusterError, NAMESPACE, is_not_found, render};
 use crate::cmd::check::Check;
 
 /// The CRDs the controller watches, the version it reads, and where they come from.
 const CRDS: &[(&str, &str, &str)] = &[
+    (
+        "gatewayclasses.gateway.networking.k8s.io",
+        "v1",
+        GATEWAY_API,
+    ),
     ("gateways.gateway.networking.k8s.io", "v1", GATEWAY_API),
     ("httproutes.gateway.networking.k8s.io", "v1", GATEWAY_API),
     ("authorizationpolicies.security.istio.io", "v1", INSTALL),
@@ -63,8 +69,74 @@ pub async fn run(client: kube::Client) -> Result<Vec<Check>, ClusterError> {
         });
     }
     checks.push(controller(&client).await?);
+    checks.push(gateway_class(&client).await?);
     checks.push(agents(&client).await?);
     Ok(checks)
+}
+
+/// The GatewayClass `ambit install` ships, as `deploy/base/gatewayclass.yaml` has it.
+fn shipped_class() -> (String, String) {
+    let (_, text) = render::FILES
+        .iter()
+        .find(|(name, _)| *name == "gatewayclass.yaml")
+        .expect("deploy/base has the GatewayClass");
+    let class: Value = serde_yaml::from_str(text).expect("gatewayclass.yaml is YAML");
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (
+        text(&class["metadata"]["name"]),
+        text(&class["spec"]["controllerName"]),
+    )
+}
+
+/// The waypoints' GatewayClass exists, names Ambit's controller, and the controller accepted it.
+async fn gateway_class(client: &kube::Client) -> Result<Check, ClusterError> {
+    let (name, controller) = shipped_class();
+    let classes: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "GatewayClass"),
+            "gatewayclasses",
+        ),
+    );
+    let found = match classes.get_opt(&name).await {
+        Ok(found) => found,
+        // No Gateway API at all: the CRD checks above say how to fix that.
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => return Err(ClusterError::api(format!("GatewayClass {name}"), e)),
+    };
+    let accepted = |class: &DynamicObject| {
+        class.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+            })
+    };
+    let (ok, state, fix) = match &found {
+        None => (
+            false,
+            "not installed".to_string(),
+            "install the Gateway API CRDs, then `ambit install`".to_string(),
+        ),
+        Some(c) if c.data["spec"]["controllerName"] != controller.as_str() => (
+            false,
+            format!("names controller {}", c.data["spec"]["controllerName"]),
+            "the class is another controller's: delete it, then `ambit install`".to_string(),
+        ),
+        Some(c) if !accepted(c) => (
+            false,
+            "not accepted yet".to_string(),
+            format!(
+                "the controller accepts it once it leads: kubectl -n {NAMESPACE} logs deployment/ambit-controller"
+            ),
+        ),
+        Some(_) => (true, "accepted".to_string(), String::new()),
+    };
+    Ok(Check {
+        what: format!("GatewayClass {name} ({controller}): {state}"),
+        ok,
+        fix,
+    })
 }
 
 /// The API server answered; its version must be one Gateway API v1.2 supports. A version that

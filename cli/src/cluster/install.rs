@@ -55,10 +55,27 @@ pub async fn install(client: kube::Client, objects: &[Value]) -> Result<String, 
                 continue;
             }
         }
-        api.patch(&target.name, &params, &Patch::Apply(object))
+        match api
+            .patch(&target.name, &params, &Patch::Apply(object))
             .await
-            .map_err(|e| ClusterError::api(format!("applying {}", target.display()), e))?;
-        out += &format!("{} serverside-applied\n", target.display());
+        {
+            Ok(_) => out += &format!("{} serverside-applied\n", target.display()),
+            // The Gateway API CRDs are upstream's: without them there is no GatewayClass kind.
+            // Everything else works (and `ambit check` says what is missing), so go on.
+            Err(e) if target.resource.kind == "GatewayClass" && is_not_found(&e) => {
+                out += &format!(
+                    "{} skipped: the Gateway API CRDs are not installed; install them \
+                     (deploy/README.md) and run `ambit install` again\n",
+                    target.display()
+                );
+            }
+            Err(e) => {
+                return Err(ClusterError::api(
+                    format!("applying {}", target.display()),
+                    e,
+                ));
+            }
+        }
     }
     Ok(out)
 }

@@ -24,6 +24,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../deploy/base/crds/ambit.dev.yaml"),
     ),
     (
+        "gatewayclass.yaml",
+        include_str!("../../../deploy/base/gatewayclass.yaml"),
+    ),
+    (
         "namespace.yaml",
         include_str!("../../../deploy/base/namespace.yaml"),
     ),

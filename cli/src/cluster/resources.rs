@@ -50,6 +50,12 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
         "poddisruptionbudgets",
         true,
     ),
+    (
+        "gateway.networking.k8s.io/v1",
+        "GatewayClass",
+        "gatewayclasses",
+        false,
+    ),
     ("gateway.networking.k8s.io/v1", "Gateway", "gateways", true),
 ];
 

@@ -45,6 +45,13 @@ async fn check_reports_crds_controller_and_agents() {
             "status": {"numberReady": 1, "desiredNumberScheduled": 2, "currentNumberScheduled": 2,
                        "numberMisscheduled": 0}}),
         ),
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses/ambit-waypoint" => (
+            200,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "ambit-waypoint"},
+            "spec": {"controllerName": "ambit.dev/waypoint-controller"},
+            "status": {"conditions": [{"type": "Accepted", "status": "False", "reason": "Pending"}]}}),
+        ),
         "/api/v1/nodes" => (
             200,
             json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {},
@@ -63,6 +70,7 @@ async fn check_reports_crds_controller_and_agents() {
         lines,
         [
             "ok     API server v1.31.2 reachable",
+            "ok     CRD gatewayclasses.gateway.networking.k8s.io serves v1",
             "FAIL   CRD gateways.gateway.networking.k8s.io serves v1",
             "FAIL   CRD httproutes.gateway.networking.k8s.io serves v1 (Gateway API v1.1, standard channel)",
             "ok     CRD authorizationpolicies.security.istio.io serves v1",
@@ -70,10 +78,15 @@ async fn check_reports_crds_controller_and_agents() {
             "ok     CRD destinationrules.networking.istio.io serves v1",
             "ok     CRD httpfaults.ambit.dev serves v1alpha1",
             "ok     controller (ambit-system/ambit-controller): 2/2 ready",
+            "FAIL   GatewayClass ambit-waypoint (ambit.dev/waypoint-controller): not accepted yet",
             "FAIL   node agents (ambit-system/ambit-ztunnel): ready on 1 of 2 node(s)",
         ],
         "{report}"
     );
     assert!(report.contains("standard-install.yaml"), "{report}");
     assert!(report.contains("fix: Gateway API before v1.2"), "{report}");
+    assert!(
+        report.contains("logs deployment/ambit-controller"),
+        "{report}"
+    );
 }

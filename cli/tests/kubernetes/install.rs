@@ -26,6 +26,7 @@ async fn install_applies_every_object_server_side_in_order() {
             "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/peerauthentications.security.istio.io",
             "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/destinationrules.networking.istio.io",
             "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/httpfaults.ambit.dev",
+            "/apis/gateway.networking.k8s.io/v1/gatewayclasses/ambit-waypoint",
             "/api/v1/namespaces/ambit-system",
             "/api/v1/namespaces/ambit-system/serviceaccounts/ambit-controller",
             "/apis/rbac.authorization.k8s.io/v1/clusterroles/ambit-controller",
@@ -50,17 +51,44 @@ async fn install_applies_every_object_server_side_in_order() {
         assert_eq!(patch.query("fieldValidation").as_deref(), Some("Strict"));
     }
     // What is applied is the rendered object itself.
-    assert_eq!(patches[11].body, rendered()[11]);
+    assert_eq!(patches[12].body, rendered()[12]);
     // Each CRD is looked up before it is applied.
     let gets = calls
         .iter()
         .filter(|c| c.method == "GET" && c.path().starts_with(CRD_PATH));
     assert_eq!(gets.count(), 4);
-    assert_eq!(out.lines().count(), 15, "{out}");
+    assert_eq!(out.lines().count(), 16, "{out}");
     assert!(
         out.contains("daemonset.apps/ambit-ztunnel serverside-applied"),
         "{out}"
     );
+}
+
+/// Without the Gateway API CRDs there is no GatewayClass kind: it is skipped, saying why, and
+/// everything else is installed.
+#[tokio::test]
+async fn install_without_gateway_api_skips_the_gateway_class_and_says_so() {
+    let (client, calls) = serve(|call| match call.method.as_str() {
+        "GET" => not_found(call),
+        "PATCH" if call.path().contains("/gatewayclasses/") => not_found(call),
+        _ => echo(call),
+    });
+    let out = install::install(client, &rendered()).await.unwrap();
+    assert!(
+        out.contains("gatewayclass.gateway.networking.k8s.io/ambit-waypoint skipped: the Gateway API CRDs are not installed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("daemonset.apps/ambit-ztunnel serverside-applied"),
+        "{out}"
+    );
+    let patches = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.method == "PATCH")
+        .count();
+    assert_eq!(patches, rendered().len());
 }
 
 #[tokio::test]
@@ -168,6 +196,8 @@ async fn uninstall_stops_the_agents_first_and_waits_for_them() {
             "/apis/rbac.authorization.k8s.io/v1/clusterroles/ambit-controller",
             "/api/v1/namespaces/ambit-system/serviceaccounts/ambit-controller",
             "/api/v1/namespaces/ambit-system",
+            // The waypoints' class goes too; Gateways of it stay (the user's objects).
+            "/apis/gateway.networking.k8s.io/v1/gatewayclasses/ambit-waypoint",
         ]
     );
     assert!(out.contains("CRDs kept"), "{out}");

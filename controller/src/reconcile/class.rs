@@ -69,3 +69,17 @@ fn error_policy(class: Arc<DynamicObject>, error: &ReconcileError, _: Arc<Client
     warn!(class = %class.name_any(), retry_in = ?RETRY, "writing the GatewayClass status failed: {error}");
     Action::requeue(RETRY)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The class the install ships names the controller that accepts it.
+    #[test]
+    fn the_installed_class_names_this_controller() {
+        let text = include_str!("../../../deploy/base/gatewayclass.yaml");
+        let class: DynamicObject = serde_yaml::from_str(text).unwrap();
+        assert!(is_ours(&class), "{:?}", class.data);
+        assert!(crate::translate::waypoint::WAYPOINT_CLASSES.contains(&class.name_any().as_str()));
+    }
+}
