@@ -186,11 +186,16 @@ enum WaypointCommand {
         /// Default: the kubeconfig context's namespace.
         #[arg(short = 'n', long)]
         namespace: Option<String>,
-        #[arg(long, default_value = "waypoint")]
-        name: String,
+        /// Default: waypoint, or <service-account>-waypoint.
+        #[arg(long)]
+        name: Option<String>,
         /// Which traffic it takes (istio.io/waypoint-for).
         #[arg(long = "for", value_enum, default_value = "service")]
         traffic: waypoint::For,
+        /// Serve only this service account's workloads in the namespace (annotation
+        /// istio.io/for-service-account, as Istio 1.18-1.21); no label needed.
+        #[arg(long)]
+        service_account: Option<String>,
         /// Also label the namespace istio.io/use-waypoint=<name>.
         #[arg(long)]
         enroll_namespace: bool,
@@ -393,10 +398,13 @@ fn run_cluster(command: Command) -> anyhow::Result<ExitCode> {
                 namespace: ns,
                 name,
                 traffic,
+                service_account: sa,
                 enroll_namespace,
             }) => {
                 let ns = namespace(ns);
-                waypoint::apply(client.clone(), &ns, &name, traffic, enroll_namespace).await?
+                let sa = sa.as_deref();
+                let name = name.unwrap_or_else(|| waypoint::default_name(sa));
+                waypoint::apply(client.clone(), &ns, &name, traffic, sa, enroll_namespace).await?
             }
             Command::Waypoint(WaypointCommand::List {
                 namespace: ns,

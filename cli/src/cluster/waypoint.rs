@@ -3,7 +3,9 @@
 //! it (with its own class), so tools that know Istio's waypoints recognise Ambit's. The
 //! controller turns the Gateway into a waypoint Deployment and Service; this command only
 //! declares it. `--enroll-namespace` labels the namespace `istio.io/use-waypoint=<name>`, which
-//! sends the namespace's traffic through it.
+//! sends the namespace's traffic through it. `--service-account <sa>` makes a per-account
+//! waypoint as Istio 1.18-1.21 wrote them (annotation `istio.io/for-service-account: <sa>`): it
+//! serves that account's workloads in the namespace with no label at all.
 
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -17,6 +19,8 @@ pub const CLASS: &str = "ambit-waypoint";
 const CLASSES: &[&str] = &["ambit-waypoint", "istio-waypoint"];
 const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
 const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// controller/src/translate/waypoint.rs FOR_SERVICE_ACCOUNT.
+const FOR_SERVICE_ACCOUNT: &str = "istio.io/for-service-account";
 const NO_GATEWAY_API: &str = "the Gateway API CRDs are not installed: install v1.2 or later \
     (standard channel; experimental for HTTPRoute retries), \
     https://gateway-api.sigs.k8s.io/guides/#installing-gateway-api";
@@ -39,9 +43,18 @@ impl For {
     }
 }
 
+/// The waypoint's name when `--name` is not given: `waypoint`, or `<sa>-waypoint` for an
+/// account's (never the account's own name, which the controller refuses).
+pub fn default_name(service_account: Option<&str>) -> String {
+    match service_account {
+        Some(sa) => format!("{sa}-waypoint"),
+        None => "waypoint".into(),
+    }
+}
+
 /// The Gateway `ambit waypoint apply` writes.
-pub fn gateway(namespace: &str, name: &str, traffic: For) -> Value {
-    json!({
+pub fn gateway(namespace: &str, name: &str, traffic: For, service_account: Option<&str>) -> Value {
+    let mut gateway = json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "Gateway",
         "metadata": {
@@ -53,7 +66,33 @@ pub fn gateway(namespace: &str, name: &str, traffic: For) -> Value {
             "gatewayClassName": CLASS,
             "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }],
         },
-    })
+    });
+    if let Some(sa) = service_account {
+        gateway["metadata"]["annotations"] = json!({ FOR_SERVICE_ACCOUNT: sa });
+    }
+    gateway
+}
+
+/// Refuses what the controller would not deploy, before anything is written: a waypoint named
+/// like the account it serves would hold that account's identity (`ns/<ns>/sa/<name>`), and
+/// enrolling the whole namespace in one account's waypoint sends every workload's traffic to it.
+fn check(name: &str, service_account: Option<&str>, enroll: bool) -> Result<(), ClusterError> {
+    match service_account {
+        Some("") => Err(ClusterError::Usage(
+            "--service-account needs an account's name".into(),
+        )),
+        Some(sa) if sa == name => Err(ClusterError::Usage(format!(
+            "a waypoint for service account {sa} cannot be named {name}: it would run as that \
+             account; name it otherwise (default {})",
+            default_name(Some(sa))
+        ))),
+        Some(_) if enroll => Err(ClusterError::Usage(
+            "--enroll-namespace sends the whole namespace through the waypoint; a waypoint for \
+             one --service-account serves that account's workloads without it"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub async fn apply(
@@ -61,9 +100,11 @@ pub async fn apply(
     namespace: &str,
     name: &str,
     traffic: For,
+    service_account: Option<&str>,
     enroll: bool,
 ) -> Result<String, ClusterError> {
-    let object = gateway(namespace, name, traffic);
+    check(name, service_account, enroll)?;
+    let object = gateway(namespace, name, traffic, service_account);
     let target = Target::of(&object)?;
     let params = PatchParams::apply(FIELD_MANAGER)
         .force()
@@ -77,6 +118,9 @@ pub async fn apply(
         "waypoint {namespace}/{name} applied (for {})\n",
         traffic.label()
     );
+    if let Some(sa) = service_account {
+        out += &format!("it serves the workloads of service account {namespace}/{sa}\n");
+    }
     if enroll {
         label_namespace(&client, namespace, json!(name)).await?;
         out += &format!("namespace {namespace} labeled with \"{USE_WAYPOINT}={name}\"\n");
@@ -86,7 +130,7 @@ pub async fn apply(
 
 /// The waypoints of one namespace, or of all of them (`namespace` None).
 pub async fn list(client: kube::Client, namespace: Option<&str>) -> Result<String, ClusterError> {
-    let target = Target::of(&gateway("default", "waypoint", For::Service))?;
+    let target = Target::of(&gateway("default", "waypoint", For::Service, None))?;
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client, ns, &target.resource),
         None => Api::all_with(client, &target.resource),
@@ -95,7 +139,7 @@ pub async fn list(client: kube::Client, namespace: Option<&str>) -> Result<Strin
         .list(&ListParams::default())
         .await
         .map_err(|e| gateway_error(&target, e))?;
-    let mut table = Table::new(&["namespace", "name", "for", "class", "programmed"]);
+    let mut table = Table::new(&["namespace", "name", "for", "serves", "class", "programmed"]);
     for gateway in &gateways.items {
         let class = gateway.data["spec"]["gatewayClassName"]
             .as_str()
@@ -111,6 +155,7 @@ pub async fn list(client: kube::Client, namespace: Option<&str>) -> Result<Strin
                 .get(WAYPOINT_FOR)
                 .cloned()
                 .unwrap_or_else(|| "service".into()),
+            serves(gateway),
             class.to_string(),
             programmed(&gateway.data),
         ]);
@@ -122,6 +167,16 @@ pub async fn list(client: kube::Client, namespace: Option<&str>) -> Result<Strin
     })
 }
 
+/// Whom the waypoint serves: one account's workloads, or whatever names it in its
+/// `istio.io/use-waypoint` label (a namespace, a service, a pod).
+fn serves(gateway: &DynamicObject) -> String {
+    let annotations = gateway.metadata.annotations.as_ref();
+    match annotations.and_then(|a| a.get(FOR_SERVICE_ACCOUNT)) {
+        Some(sa) if !sa.is_empty() => format!("account {sa}"),
+        _ => "use-waypoint label".into(),
+    }
+}
+
 /// Deletes the Gateway; if the namespace was enrolled in this waypoint, un-enrolls it (a label
 /// naming a missing waypoint would leave the namespace's traffic with nowhere to go).
 pub async fn delete(
@@ -129,7 +184,7 @@ pub async fn delete(
     namespace: &str,
     name: &str,
 ) -> Result<String, ClusterError> {
-    let target = Target::of(&gateway(namespace, name, For::Service))?;
+    let target = Target::of(&gateway(namespace, name, For::Service, None))?;
     let mut out = match target
         .api(client.clone())
         .delete(name, &DeleteParams::default())
@@ -188,4 +243,36 @@ fn gateway_error(target: &Target, e: kube::Error) -> ClusterError {
         return ClusterError::Usage(NO_GATEWAY_API.into());
     }
     ClusterError::api(target.display(), e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_accounts_waypoint_is_annotated_and_not_named_like_the_account() {
+        let gw = gateway("shop", "reviews-waypoint", For::Workload, Some("reviews"));
+        assert_eq!(
+            gw["metadata"]["annotations"],
+            json!({"istio.io/for-service-account": "reviews"})
+        );
+        assert!(
+            gateway("shop", "waypoint", For::Service, None)["metadata"]["annotations"].is_null()
+        );
+        assert_eq!(default_name(Some("reviews")), "reviews-waypoint");
+        assert_eq!(default_name(None), "waypoint");
+
+        assert!(check("reviews-waypoint", Some("reviews"), false).is_ok());
+        let named_like = check("reviews", Some("reviews"), false).unwrap_err();
+        assert!(
+            named_like.to_string().contains("would run as that account"),
+            "{named_like}"
+        );
+        let enrolled = check("reviews-waypoint", Some("reviews"), true).unwrap_err();
+        assert!(
+            enrolled.to_string().contains("--enroll-namespace"),
+            "{enrolled}"
+        );
+        assert!(check("waypoint", None, true).is_ok());
+    }
 }

@@ -61,9 +61,16 @@ async fn real_cluster_install_enroll_waypoint_uninstall() {
     }
     println!(
         "{}",
-        waypoint::apply(client.clone(), test_ns, "waypoint", For::Service, true)
-            .await
-            .unwrap()
+        waypoint::apply(
+            client.clone(),
+            test_ns,
+            "waypoint",
+            For::Service,
+            None,
+            true
+        )
+        .await
+        .unwrap()
     );
     let labels = namespaces
         .get(test_ns)

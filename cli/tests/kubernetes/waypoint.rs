@@ -15,7 +15,7 @@ async fn waypoint_apply_creates_the_gateway_and_enrolls_the_namespace() {
         ),
         _ => echo(call),
     });
-    let out = waypoint::apply(client, "demo", "waypoint", For::Workload, true)
+    let out = waypoint::apply(client, "demo", "waypoint", For::Workload, None, true)
         .await
         .unwrap();
     let calls = calls.lock().unwrap().clone();
@@ -51,6 +51,48 @@ async fn waypoint_apply_creates_the_gateway_and_enrolls_the_namespace() {
     );
 }
 
+/// `--service-account`: the Gateway carries Istio's annotation and the namespace is not touched;
+/// one named like the account is refused before anything is written.
+#[tokio::test]
+async fn waypoint_apply_for_a_service_account_annotates_the_gateway() {
+    let (client, calls) = serve(echo);
+    let out = waypoint::apply(
+        client,
+        "shop",
+        "reviews-waypoint",
+        For::Workload,
+        Some("reviews"),
+        false,
+    )
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    assert!(calls[0].is(
+        "PATCH",
+        "/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/reviews-waypoint"
+    ));
+    assert_eq!(
+        calls[0].body["metadata"]["annotations"],
+        json!({"istio.io/for-service-account": "reviews"})
+    );
+    assert!(out.contains("service account shop/reviews"), "{out}");
+
+    let (client, calls) = serve(echo);
+    let err = waypoint::apply(
+        client,
+        "shop",
+        "reviews",
+        For::Workload,
+        Some("reviews"),
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot be named reviews"), "{err}");
+    assert!(calls.lock().unwrap().is_empty(), "nothing written");
+}
+
 #[tokio::test]
 async fn waypoint_apply_without_gateway_api_says_what_to_install() {
     let (client, _) = serve(|_| {
@@ -60,7 +102,7 @@ async fn waypoint_apply_without_gateway_api_says_what_to_install() {
                                              "reason": "NotFound", "message": "the server could not find the requested resource"}),
         )
     });
-    let err = waypoint::apply(client, "demo", "waypoint", For::Service, false)
+    let err = waypoint::apply(client, "demo", "waypoint", For::Service, None, false)
         .await
         .unwrap_err();
     assert!(
@@ -121,6 +163,11 @@ async fn waypoint_list_shows_only_waypoint_classes() {
         gateway("demo", "waypoint", "ambit-waypoint"),
         gateway("demo", "ingress", "nginx"),
         gateway("shop", "istio-wp", "istio-waypoint"),
+        {
+            let mut gw = gateway("shop", "reviews-wp", "ambit-waypoint");
+            gw["metadata"]["annotations"] = json!({"istio.io/for-service-account": "reviews"});
+            gw
+        },
     ];
     let (client, calls) = serve(move |_| {
         (
@@ -133,8 +180,9 @@ async fn waypoint_list_shows_only_waypoint_classes() {
     assert!(calls.lock().unwrap()[0].is("GET", "/apis/gateway.networking.k8s.io/v1/gateways"));
     assert_eq!(
         out,
-        "NAMESPACE   NAME       FOR   CLASS            PROGRAMMED\n\
-         demo        waypoint   all   ambit-waypoint   True\n\
-         shop        istio-wp   all   istio-waypoint   True\n"
+        "NAMESPACE   NAME         FOR   SERVES               CLASS            PROGRAMMED\n\
+         demo        waypoint     all   use-waypoint label   ambit-waypoint   True\n\
+         shop        istio-wp     all   use-waypoint label   istio-waypoint   True\n\
+         shop        reviews-wp   all   account reviews      ambit-waypoint   True\n"
     );
 }
