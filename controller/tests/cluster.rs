@@ -12,6 +12,8 @@
 //! must be able to pull it. The waypoint test checks what the reconciler creates and the
 //! Gateway's `Accepted` status, not that the waypoint image runs.
 
+mod cluster_common;
+
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -38,8 +40,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-/// Generous: the first pod on a node may wait for an image pull.
-const PATIENCE: Duration = Duration::from_secs(180);
+use cluster_common::{PATIENCE, until};
 
 fn from_json<T: DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("a valid object")
@@ -307,27 +308,6 @@ async fn an_ambient_namespace_pod_service_and_policy_are_translated_and_changes_
 
 fn gateways(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &reconcile::gateway_resource())
-}
-
-/// Polls `get` until `done` holds for what it returns.
-async fn until<T, F, Fut>(what: &str, mut get: F, done: impl Fn(&T) -> bool) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let poll = async {
-        loop {
-            if let Some(value) = get().await
-                && done(&value)
-            {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, poll)
-        .await
-        .unwrap_or_else(|_| panic!("never happened: {what}"))
 }
 
 #[tokio::test]
