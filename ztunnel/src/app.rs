@@ -118,6 +118,7 @@ pub async fn run(config: Config, set_log_level: SetLogLevel, shutdown: Shutdown)
         metrics.clone(),
     ));
     tokio::spawn(certs.clone().rotate());
+    tokio::spawn(ambit_runtime::alloc::release_periodically());
     tokio::spawn(tracker.clone().run(store.subscribe()));
 
     // Admin.

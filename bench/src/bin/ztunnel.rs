@@ -131,7 +131,8 @@ fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
         "p99",
         "added p99",
         "agents CPU s",
-        "vCPU per 1k req/s",
+        "vCPU per 1k req/s (both)",
+        "per agent (node1, node2)",
         "agents RSS (node1 + node2)",
     ]);
     let mut direct_p99 = Duration::ZERO;
@@ -140,19 +141,23 @@ fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
         let start = Instant::now();
         let mut samples = fixed_rate(&mesh.pod(client).netns, mesh.address(server, ECHO), args)?;
         let elapsed = start.elapsed().as_secs_f64();
-        let cpu = agents_cpu(mesh)? - cpu_before;
+        let after = agents_cpu(mesh)?;
+        let each = [after[0] - cpu_before[0], after[1] - cpu_before[1]];
+        let cpu = each[0] + each[1];
         let p = percentiles(&mut samples);
         if label == "direct" {
             direct_p99 = p.p99;
         }
-        let per_1k = cpu / elapsed / (f64::from(args.rate) / 1000.0);
+        // Istio publishes its ztunnel's cost per process; both agents carry every request here.
+        let per_1k = |secs: f64| secs / elapsed / (f64::from(args.rate) / 1000.0);
         table.row(&[
             label.into(),
             micros(p.p50),
             micros(p.p99),
             micros(p.p99.saturating_sub(direct_p99)),
             format!("{cpu:.2}"),
-            format!("{per_1k:.3}"),
+            format!("{:.3}", per_1k(cpu)),
+            format!("{:.3}, {:.3}", per_1k(each[0]), per_1k(each[1])),
             agents_rss(mesh)?,
         ]);
     }
@@ -282,13 +287,14 @@ fn connection_rate(netns: &str, target: SocketAddr, workers: u32) -> Result<f64>
     Ok(count as f64 / 5.0)
 }
 
-/// User + system CPU seconds of both agents so far.
-fn agents_cpu(mesh: &Mesh) -> Result<f64> {
-    let mut total = 0.0;
-    for n in [1, 2] {
-        total += proc::cpu_seconds(mesh.agent_pid(n).context("agent running")?)?;
-    }
-    Ok(total)
+/// User + system CPU seconds of each agent so far (node1, node2).
+fn agents_cpu(mesh: &Mesh) -> Result<[f64; 2]> {
+    let cpu = |n| -> Result<f64> {
+        Ok(proc::cpu_seconds(
+            mesh.agent_pid(n).context("agent running")?,
+        )?)
+    };
+    Ok([cpu(1)?, cpu(2)?])
 }
 
 fn status_field(mesh: &Mesh, field: &str) -> Result<String> {
