@@ -406,3 +406,28 @@ fn lab_up_says_starting_waypoints_only_when_one_starts() {
     let log = std::fs::read_to_string(lab.root().join("logs/demo-crash-c.log")).unwrap();
     assert_eq!(log.matches("started").count(), 2, "{log}");
 }
+
+#[test]
+fn lab_up_without_iptables_names_the_package_not_the_kernel() {
+    let lab = TestLab::new("nt");
+    // A PATH with `ip` but no iptables: what a fresh machine without the package looks like.
+    let bin = lab.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ip = ["/usr/sbin/ip", "/usr/bin/ip", "/sbin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("iproute2 installed");
+    std::os::unix::fs::symlink(ip, bin.join("ip")).unwrap();
+    let out = lab
+        .command(&["lab", "up"])
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("`iptables` is missing") && stderr.contains("apt-get install -y iptables"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("kernel"), "{stderr}");
+}

@@ -30,9 +30,9 @@ const DUMP_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("HTTP over the port-forward: {0}")]
+    #[error("HTTP over the port-forward")]
     Http(#[from] hyper::Error),
-    #[error("building the request: {0}")]
+    #[error("building the request")]
     Request(#[from] http::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -155,7 +155,10 @@ async fn forwarded_dump(
                     {
                         break Err(refusal(message));
                     }
-                    break Err(failed(format!("reading its config dump: {e}")));
+                    break Err(failed(format!(
+                        "reading its config dump: {}",
+                        crate::lab::chain(&e)
+                    )));
                 }
             },
         }

@@ -32,14 +32,16 @@ pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "ambit");
 pub enum ClusterError {
     #[error("connecting to the cluster: {0} (set KUBECONFIG, or run inside a pod)")]
     Connect(String),
-    #[error("{what}: {source}")]
+    // Causes are the error chain's to print (`ambit: {err:#}`), not the message's: with both,
+    // each was printed twice.
+    #[error("{what}")]
     Api {
         what: String,
         source: Box<kube::Error>,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Render(#[from] render::RenderError),
-    #[error("{0}")]
+    #[error(transparent)]
     Resource(#[from] resources::UnknownKind),
     #[error("{0}")]
     Usage(String),
@@ -48,7 +50,7 @@ pub enum ClusterError {
     /// No agent to ask, or an agent that could not be read (port-forward, HTTP, its answer).
     #[error("{what}: {reason}")]
     Agent { what: String, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     View(#[from] crate::mesh::ViewError),
 }
 
@@ -71,4 +73,35 @@ pub async fn client() -> Result<kube::Client, ClusterError> {
 /// True when the API server answered 404 Not Found.
 pub(crate) fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As `ambit` prints errors (message, then each cause): a cause that the message also
+    /// printed would appear twice. (kube's own errors repeat their Status in their chain; that
+    /// is theirs, so the API case counts kube's error itself.)
+    #[test]
+    fn an_errors_cause_is_printed_once() {
+        let api = ClusterError::api(
+            "listing pods",
+            kube::Error::Api(kube::core::Status::failure("the cause", "Forbidden").boxed()),
+        );
+        let render = ClusterError::from(render::RenderError::Missing("the cause".into()));
+        let fetch = agents::FetchError::Request(
+            http::Request::builder()
+                .uri("\0 the cause")
+                .body(())
+                .unwrap_err(),
+        );
+        for (err, cause) in [
+            (&api as &dyn std::error::Error, "ApiError"),
+            (&render, "the cause"),
+            (&fetch, "invalid uri"),
+        ] {
+            let printed = crate::lab::chain(err);
+            assert_eq!(printed.matches(cause).count(), 1, "{printed}");
+        }
+    }
 }

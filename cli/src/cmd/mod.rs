@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result};
 use crate::lab::lifecycle;
 use crate::lab::netns::Topology;
 use crate::lab::state::{LabDir, LabState};
-use crate::lab::{LabError, is_root, view};
+use crate::lab::{LabError, view};
 use crate::mesh::MeshView;
 
 /// The running lab's state and its translated mesh.
@@ -79,9 +79,13 @@ pub fn lab_up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> ExitCode {
         dir.prefix,
         dir.root.display()
     );
-    if is_root()
-        && let Some(problem) = check::kernel_problem(dir)
-    {
+    // Missing tools first: without iptables the kernel probe below could only fail, and its
+    // message would blame the kernel rather than name the package to install.
+    if let Err(err) = lifecycle::preflight() {
+        eprintln!("ambit: {}", crate::lab::chain(&err));
+        return ExitCode::FAILURE;
+    }
+    if let Some(problem) = check::kernel_problem(dir) {
         eprintln!("ambit: this kernel cannot run the lab: {problem}");
         return ExitCode::FAILURE;
     }
