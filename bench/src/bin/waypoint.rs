@@ -5,7 +5,10 @@
 //! - **waypoint**: client pod -> agent -> waypoint -> agent -> server pods, the service labelled
 //!   `istio.io/use-waypoint` and split 90/10 between its two versions by an HTTPRoute;
 //! - **nginx**: client pod -> nginx in a pod of its own -> the two server pods, weighted 90/10
-//!   (nginx as a peer L7 proxy on the same machine, without the mesh's mTLS).
+//!   (nginx as a peer L7 proxy on the same machine, without the mesh's mTLS);
+//! - **nginx-tls**: the same nginx doing the waypoint's work with TLS on both sides: a front nginx
+//!   (where the client's agent would be) -> TLS -> the measured nginx -> TLS -> a back nginx (where
+//!   the server's agent would be) -> the server pods (`ambit_bench::nginx` has the details).
 //!
 //! Each path gets an open-loop run at a fixed rate (latency counted from the scheduled send
 //! time; the proxy's CPU and RSS per 1,000 requests/s) and a closed-loop run (the most the path
@@ -22,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ambit_bench::pod::{in_pod, listen_in};
-use ambit_bench::{Table, http1, micros, percentiles, proc};
+use ambit_bench::{Table, http1, micros, nginx, percentiles, proc};
 use ambit_cli::lab::netns::command_in;
 use ambit_tests::manifests::{self, Pod};
 use ambit_tests::mesh::{CONTROLLER, Mesh};
@@ -46,8 +49,8 @@ struct Args {
     /// Run only these parts (comma-separated): open, closed.
     #[arg(long, value_delimiter = ',', default_values_t = ["open".to_string(), "closed".into()])]
     only: Vec<String>,
-    /// Paths to measure (comma-separated): direct, agents, waypoint, nginx.
-    #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "agents".into(), "waypoint".into(), "nginx".into()])]
+    /// Paths to measure (comma-separated): direct, agents, waypoint, nginx, nginx-tls.
+    #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "agents".into(), "waypoint".into(), "nginx".into(), "nginx-tls".into()])]
     paths: Vec<String>,
 }
 
@@ -86,7 +89,7 @@ struct Path {
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut mesh = Mesh::new("wbench", 2);
-    let pods: [PodSpec; 8] = [
+    let pods: [PodSpec; 10] = [
         ("mesh-client", 1, "m", vec![("app", "client")]),
         (
             "mesh-server-a",
@@ -114,6 +117,8 @@ fn main() -> Result<()> {
         ("direct-server-a", 2, "d", vec![("app", "web")]),
         ("direct-server-b", 2, "d", vec![("app", "web")]),
         ("nginx", 1, "d", vec![("app", "nginx")]),
+        ("nginx-front", 1, "d", vec![("app", "nginx-front")]),
+        ("nginx-back", 2, "d", vec![("app", "nginx-back")]),
     ];
     let mut yaml = manifests::namespace("m", &[("istio.io/dataplane-mode", "ambient")])
         + &manifests::namespace("d", &[]);
@@ -155,7 +160,7 @@ fn main() -> Result<()> {
     mesh.start_agent(2);
     let served = start_backends(&mesh)?;
     let waypoint = start_waypoint(&mesh)?;
-    let nginx = start_nginx(&mesh)?;
+    let (nginx, _nginx_peers) = start_nginx(&mesh)?;
 
     let paths = [
         Path {
@@ -183,6 +188,13 @@ fn main() -> Result<()> {
             label: "nginx",
             client: "direct-client",
             target: mesh.address("nginx", 80),
+            host: "web",
+            proxy: Some((nginx.0.id(), true)),
+        },
+        Path {
+            label: "nginx-tls",
+            client: "direct-client",
+            target: mesh.address("nginx-front", 80),
             host: "web",
             proxy: Some((nginx.0.id(), true)),
         },
@@ -312,41 +324,46 @@ fn start_waypoint(mesh: &Mesh) -> Result<Owned> {
     Ok(child)
 }
 
-/// nginx in its own pod: the same two backends, weighted 90/10, upstream keep-alive, no access
-/// log (the waypoint runs without one too), one worker per core.
-fn start_nginx(mesh: &Mesh) -> Result<Owned> {
-    let dir = mesh.scratch().join("nginx");
-    std::fs::create_dir_all(&dir)?;
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes auto;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           keepalive_requests 1000000;\n\
-           upstream web {{ server {a} weight=9; server {b} weight=1; keepalive 64; }}\n\
-           server {{ listen 80; location / {{ proxy_pass http://web; proxy_http_version 1.1; \
-           proxy_set_header Connection \"\"; }} }}\n}}\n",
-        a = mesh.address("direct-server-a", HTTP),
-        b = mesh.address("direct-server-b", HTTP),
+/// nginx in its own pod, measured: on port 80 the two backends weighted 90/10 over plain HTTP;
+/// on port 443, behind TLS, the same split to a back nginx over TLS (one port per backend, as the
+/// server's agent learns the destination from the CONNECT authority). Also starts the front and
+/// back instances of the TLS path, returned second.
+fn start_nginx(mesh: &Mesh) -> Result<(Owned, Vec<Owned>)> {
+    let root = mesh.scratch().join("nginx");
+    std::fs::create_dir_all(&root)?;
+    let tls = nginx::Tls::generate(&root)?;
+    let (a, b) = (
+        mesh.address("direct-server-a", HTTP),
+        mesh.address("direct-server-b", HTTP),
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let netns = mesh.pod("nginx").netns.clone();
-    let child = command_in(&netns, "nginx")
-        .arg("-c")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx (apt-get install nginx-light)")?;
-    let child = Owned(child);
-    let addr = mesh.address("nginx", 80);
-    eventually("nginx answers", Duration::from_secs(30), || {
-        probe::http_get(&netns, addr, "/").map(drop)
-    });
-    Ok(child)
+    let back = |port| mesh.address("nginx-back", port);
+    let measured = nginx::upstream("web", &[(a, 9), (b, 1)])
+        + &nginx::upstream("web_tls", &[(back(8443), 9), (back(8444), 1)])
+        + &nginx::server(80, None, "web", false)
+        + &nginx::server(443, Some(&tls), "web_tls", true);
+    let front = nginx::upstream("mid", &[(mesh.address("nginx", 443), 1)])
+        + &nginx::server(80, None, "mid", true);
+    let back_conf = nginx::upstream("a", &[(a, 1)])
+        + &nginx::upstream("b", &[(b, 1)])
+        + &nginx::server(8443, Some(&tls), "a", false)
+        + &nginx::server(8444, Some(&tls), "b", false);
+    let mut started = Vec::new();
+    for (pod, conf) in [
+        ("nginx", measured),
+        ("nginx-front", front),
+        ("nginx-back", back_conf),
+    ] {
+        let netns = mesh.pod(pod).netns.clone();
+        started.push(Owned(nginx::start(&netns, &root.join(pod), &conf)?));
+        let addr = mesh.address(pod, if pod == "nginx-back" { 8443 } else { 80 });
+        if pod != "nginx-back" {
+            eventually(&format!("{pod} answers"), Duration::from_secs(30), || {
+                probe::http_get(&netns, addr, "/").map(drop)
+            });
+        }
+    }
+    let measured = started.remove(0);
+    Ok((measured, started))
 }
 
 /// Until a request goes through (the agents learn the waypoint from the controller).
