@@ -74,6 +74,7 @@ async fn grpc_backend(mesh: &Mesh) -> Backend {
         name: "grpc".into(),
         addr,
         requests: Default::default(),
+        hosts: Default::default(),
     }
 }
 

@@ -233,6 +233,64 @@ async fn filters_rewrite_redirect_and_change_headers() {
 }
 
 #[tokio::test]
+async fn a_mirrored_request_reaches_the_shadow_backend_marked_shadow_and_only_the_primary_answers()
+{
+    within(async {
+        let mesh = Mesh::start().await;
+        let web = Backend::start(&mesh, "web", Behaviour::default()).await;
+        let shadow = Backend::start(&mesh, "shadow", Behaviour::default()).await;
+        mesh.service("web", "10.96.0.60", &[&web]);
+        mesh.service("shadow", "10.96.0.61", &[&shadow]);
+        let mirror = api::Filter {
+            kind: Some(filter::Kind::RequestMirror(api::Mirror {
+                backend: Some(backend_ref("shadow", 1)),
+                ..Default::default()
+            })),
+        };
+        mesh.route(route(
+            "web",
+            "web",
+            vec![api::RouteRule {
+                filters: vec![mirror],
+                backends: vec![backend_ref("web", 1)],
+                ..Default::default()
+            }],
+        ));
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            let mut client = mesh.http("10.96.0.60", protocol).await;
+            for _ in 0..3 {
+                let a = client.get("/items").await;
+                assert_eq!(a.status, 200, "{}", a.body);
+                assert_eq!(a.header("x-backend"), "web");
+            }
+        }
+        // The copies are sent and forgotten: they arrive, but not before the answers.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while shadow.requests.load(std::sync::atomic::Ordering::Relaxed) < 6 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the copies never arrived"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(web.requests.load(std::sync::atomic::Ordering::Relaxed), 6);
+        let hosts = shadow.hosts.lock().unwrap().clone();
+        assert_eq!(hosts.len(), 6, "{hosts:?}");
+        for host in &hosts {
+            assert!(host.contains("-shadow"), "{hosts:?}");
+        }
+        assert!(
+            web.hosts
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|h| !h.contains("-shadow"))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn malformed_http1_gets_400() {
     within(async {
         let mesh = Mesh::start().await;

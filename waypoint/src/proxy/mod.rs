@@ -11,6 +11,7 @@ pub mod filters;
 pub mod forward;
 pub mod http;
 pub mod inbound;
+mod mirror;
 pub mod record;
 pub mod request;
 pub mod respond;

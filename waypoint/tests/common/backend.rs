@@ -3,8 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambit_waypoint::proxy::{Protocol, detect};
@@ -39,6 +39,8 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    /// The host of each request, as it arrived (Host, or the HTTP/2 authority).
+    pub hosts: Arc<Mutex<Vec<String>>>,
 }
 
 impl Backend {
@@ -48,11 +50,16 @@ impl Backend {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
-        let (counter, label) = (requests.clone(), name.to_string());
+        let hosts = Arc::new(Mutex::new(Vec::new()));
+        let (counter, label, seen) = (requests.clone(), name.to_string(), hosts.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (counter, label, behaviour) =
-                    (counter.clone(), label.clone(), behaviour.clone());
+                let (counter, label, behaviour, seen) = (
+                    counter.clone(),
+                    label.clone(),
+                    behaviour.clone(),
+                    seen.clone(),
+                );
                 tokio::spawn(async move {
                     let Ok((protocol, io)) = detect::detect(tcp, Duration::from_secs(10)).await
                     else {
@@ -60,6 +67,14 @@ impl Backend {
                     };
                     let service = service_fn(move |req: Request<Incoming>| {
                         let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                        let host = req
+                            .headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .or(req.uri().authority().map(|a| a.as_str()))
+                            .unwrap_or_default()
+                            .to_string();
+                        seen.lock().unwrap().push(host);
                         answer(label.clone(), behaviour.clone(), n, req)
                     });
                     let io = TokioIo::new(io);
@@ -82,6 +97,7 @@ impl Backend {
             name: name.into(),
             addr,
             requests,
+            hosts,
         }
     }
 }
