@@ -4,7 +4,9 @@
 //! - single-stream throughput (iperf3, 5 s);
 //! - request latency p50/p99 at a fixed rate (open loop, 64-byte echo requests spread over many
 //!   connections; latency counted from the scheduled send time, so queueing shows);
-//! - the agents' CPU seconds and RSS during that load, per 1,000 requests/s;
+//! - the agents' CPU seconds and RSS during that load, per 1,000 requests/s, beside a floor: a
+//!   plain user-space TCP relay (no TLS, no HTTP/2, no capture rules) on each node, in the agents'
+//!   places, with the same socket hops (`relay`);
 //! - new connections per second (connect, one request, close; closed loop).
 //!
 //! Needs root, iperf3, and release builds of the binaries:
@@ -40,6 +42,9 @@ struct Args {
     /// Run only these parts (comma-separated): throughput, latency, connections.
     #[arg(long, value_delimiter = ',', default_values_t = ["throughput".to_string(), "latency".into(), "connections".into()])]
     only: Vec<String>,
+    /// Internal: run as the floor's relay, accepting on the first address and dialling the second.
+    #[arg(long, num_args = 2, hide = true)]
+    relay: Option<Vec<SocketAddr>>,
 }
 
 const ECHO: u16 = 8080;
@@ -47,6 +52,9 @@ const IPERF: u16 = 5201;
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(addrs) = &args.relay {
+        return relay(addrs[0], addrs[1]);
+    }
     let mut mesh = Mesh::new("zbench", 2);
     let pods = [
         ("mesh-client", 1, "m"),
@@ -130,18 +138,32 @@ fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
         "p50",
         "p99",
         "added p99",
-        "agents CPU s",
+        "agents' (relays') CPU s",
         "vCPU per 1k req/s (both)",
         "per agent (node1, node2)",
-        "agents RSS (node1 + node2)",
+        "RSS (node1 + node2)",
     ]);
     let mut direct_p99 = Duration::ZERO;
-    for (label, client, server) in paths {
-        let cpu_before = agents_cpu(mesh)?;
+    let relays = start_relays(mesh)?;
+    let relay_pids = [relays[0].0.0.id(), relays[1].0.0.id()];
+    let agent_pids = [1, 2].map(|n| mesh.agent_pid(n).expect("agent running"));
+    let floor = ("relay", "direct-client", relays[0].1);
+    let runs = paths
+        .iter()
+        .map(|&(label, client, server)| (label, client, mesh.address(server, ECHO)))
+        .chain([floor]);
+    for (label, client, target) in runs {
+        // The relay path's cost is its two relays', the others' the two agents'.
+        let pids = if label == "relay" {
+            relay_pids
+        } else {
+            agent_pids
+        };
+        let cpu_before = cpu_of(pids)?;
         let start = Instant::now();
-        let mut samples = fixed_rate(&mesh.pod(client).netns, mesh.address(server, ECHO), args)?;
+        let mut samples = fixed_rate(&mesh.pod(client).netns, target, args)?;
         let elapsed = start.elapsed().as_secs_f64();
-        let after = agents_cpu(mesh)?;
+        let after = cpu_of(pids)?;
         let each = [after[0] - cpu_before[0], after[1] - cpu_before[1]];
         let cpu = each[0] + each[1];
         let p = percentiles(&mut samples);
@@ -158,7 +180,7 @@ fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
             format!("{cpu:.2}"),
             format!("{:.3}", per_1k(cpu)),
             format!("{:.3}, {:.3}", per_1k(each[0]), per_1k(each[1])),
-            agents_rss(mesh)?,
+            rss_of(pids, "VmRSS:")?,
         ]);
     }
 
@@ -287,29 +309,80 @@ fn connection_rate(netns: &str, target: SocketAddr, workers: u32) -> Result<f64>
     Ok(count as f64 / 5.0)
 }
 
-/// User + system CPU seconds of each agent so far (node1, node2).
-fn agents_cpu(mesh: &Mesh) -> Result<[f64; 2]> {
-    let cpu = |n| -> Result<f64> {
-        Ok(proc::cpu_seconds(
-            mesh.agent_pid(n).context("agent running")?,
-        )?)
-    };
-    Ok([cpu(1)?, cpu(2)?])
+/// User + system CPU seconds of each process so far (node1's, node2's).
+fn cpu_of(pids: [u32; 2]) -> Result<[f64; 2]> {
+    Ok([proc::cpu_seconds(pids[0])?, proc::cpu_seconds(pids[1])?])
 }
 
-fn status_field(mesh: &Mesh, field: &str) -> Result<String> {
+fn rss_of(pids: [u32; 2], field: &str) -> Result<String> {
     let mut parts = Vec::new();
-    for n in [1, 2] {
-        let pid = mesh.agent_pid(n).context("agent running")?;
+    for pid in pids {
         parts.push(format!("{:.1} MiB", proc::status_mib(pid, field)?));
     }
     Ok(parts.join(" + "))
 }
 
-fn agents_rss(mesh: &Mesh) -> Result<String> {
-    status_field(mesh, "VmRSS:")
+fn agents_peak(mesh: &Mesh) -> Result<String> {
+    let [a, b] = [1, 2].map(|n| mesh.agent_pid(n).context("agent running"));
+    rss_of([a?, b?], "VmHWM:")
 }
 
-fn agents_peak(mesh: &Mesh) -> Result<String> {
-    status_field(mesh, "VmHWM:")
+/// A process the benchmark started, killed when it ends.
+struct Owned(std::process::Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const RELAY_PORT: u16 = 17000;
+
+/// The floor's relays, one in each node's namespace where its agent runs: node1's accepts from
+/// the direct client and dials node2's, which dials the direct echo server. Returns them with
+/// the address each listens on (node1's is the one the client dials).
+fn start_relays(mesh: &Mesh) -> Result<[(Owned, SocketAddr); 2]> {
+    let exe = std::env::current_exe()?;
+    let node = |n: u8| mesh.topology.node(n).context("node");
+    let at = |n: u8| -> Result<SocketAddr> { Ok(SocketAddr::new(node(n)?.ip.into(), RELAY_PORT)) };
+    let start = |n: u8, to: SocketAddr| -> Result<(Owned, SocketAddr)> {
+        let listen = at(n)?;
+        let child = command_in(&node(n)?.netns, &exe)
+            .args(["--relay", &listen.to_string(), &to.to_string()])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting the relay")?;
+        Ok((Owned(child), listen))
+    };
+    let second = start(2, mesh.address("direct-server", ECHO))?;
+    let first = start(1, at(2)?)?;
+    // Until the chain answers.
+    let netns = mesh.pod("direct-client").netns.clone();
+    let target = first.1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_pod(&netns, move || open_echo(target)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the relays never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok([first, second])
+}
+
+/// The floor: accept, dial, copy both ways, on the same kind of runtime as the agents (one
+/// worker per core). Nothing else: no TLS, no HTTP/2, no policy, no metrics, no capture.
+fn relay(listen: SocketAddr, to: SocketAddr) -> Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        loop {
+            let (mut inbound, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    })
 }
