@@ -1,4 +1,5 @@
-//! What a benchmark reads about a running process from `/proc`: CPU seconds and memory.
+//! What a benchmark reads about a running process from `/proc`: CPU seconds and memory; and the
+//! processes a benchmark starts itself (`Owned`).
 
 use std::io;
 
@@ -76,6 +77,22 @@ pub fn status_mib(pid: u32, field: &str) -> io::Result<f64> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| io::Error::other(format!("{field} value")))?;
     Ok(kib / 1024.0)
+}
+
+/// A process the benchmark started itself, killed when the benchmark ends (or fails).
+pub struct Owned(pub std::process::Child);
+
+impl Owned {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[cfg(test)]

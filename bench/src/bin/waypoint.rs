@@ -19,13 +19,14 @@
 //! then `target/release/waypoint-bench`.
 
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ambit_bench::pod::{in_pod, listen_in};
-use ambit_bench::{Table, http1, micros, nginx, percentiles, proc};
+use ambit_bench::proc::{self, Owned};
+use ambit_bench::{Table, http1, micros, nginx, percentiles};
 use ambit_cli::lab::netns::command_in;
 use ambit_tests::manifests::{self, Pod};
 use ambit_tests::mesh::{CONTROLLER, Mesh};
@@ -65,16 +66,6 @@ type PodSpec = (
     &'static str,
     Vec<(&'static str, &'static str)>,
 );
-
-/// A process the benchmark started itself, killed when the benchmark ends.
-struct Owned(Child);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One way from a client pod to the backends, and the proxy whose cost is measured.
 struct Path {

@@ -17,7 +17,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ambit_bench::pod::in_pod;
-use ambit_bench::{Table, micros, percentiles, proc};
+use ambit_bench::proc::{self, Owned};
+use ambit_bench::{Table, micros, percentiles};
 use ambit_cli::lab::netns::command_in;
 use ambit_tests::manifests::{self, Pod};
 use ambit_tests::mesh::Mesh;
@@ -325,16 +326,6 @@ fn rss_of(pids: [u32; 2], field: &str) -> Result<String> {
 fn agents_peak(mesh: &Mesh) -> Result<String> {
     let [a, b] = [1, 2].map(|n| mesh.agent_pid(n).context("agent running"));
     rss_of([a?, b?], "VmHWM:")
-}
-
-/// A process the benchmark started, killed when it ends.
-struct Owned(std::process::Child);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const RELAY_PORT: u16 = 17000;

@@ -168,7 +168,7 @@ pub fn run(app: App) -> anyhow::Result<ExitCode> {
                 match result {
                     Ok(()) => Ok(ExitCode::SUCCESS),
                     Err(err) => {
-                        eprintln!("ambit app connect: {}", crate::lab::chain(&err));
+                        eprintln!("ambit app connect: {}", crate::error_chain(&err));
                         Ok(ExitCode::from(err.exit_code()))
                     }
                 }

@@ -198,7 +198,7 @@ pub async fn run_repeated<W: AsyncWrite + Unpin>(
                 let outcome = match run(&config, &mut response).await {
                     Ok(()) => outcome(&response),
                     Err(err) => {
-                        let outcome = format!("error={:?}", crate::lab::chain(&err));
+                        let outcome = format!("error={:?}", crate::error_chain(&err));
                         failure.get_or_insert(err);
                         outcome
                     }
@@ -363,7 +363,7 @@ mod tests {
             Box::new(crate::apps::grpc::GrpcError::Output(cause())),
         ];
         for err in &errors {
-            let text = crate::lab::chain(err.as_ref());
+            let text = crate::error_chain(err.as_ref());
             assert_eq!(text.matches("the cause").count(), 1, "{text}");
         }
     }

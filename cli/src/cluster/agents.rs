@@ -157,7 +157,7 @@ async fn forwarded_dump(
                     }
                     break Err(failed(format!(
                         "reading its config dump: {}",
-                        crate::lab::chain(&e)
+                        crate::error_chain(&e)
                     )));
                 }
             },

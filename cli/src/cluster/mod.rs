@@ -100,7 +100,7 @@ mod tests {
             (&render, "the cause"),
             (&fetch, "invalid uri"),
         ] {
-            let printed = crate::lab::chain(err);
+            let printed = crate::error_chain(err);
             assert_eq!(printed.matches(cause).count(), 1, "{printed}");
         }
     }

@@ -87,7 +87,7 @@ fn probe_kernel(dir: &LabDir) -> Check {
         if !ok.is_ok_and(|s| s.success()) {
             return Err("cannot create a network namespace".into());
         }
-        crate::lab::kubeproxy::restore(&netns, rules).map_err(|e| crate::lab::chain(&e))
+        crate::lab::kubeproxy::restore(&netns, rules).map_err(|e| crate::error_chain(&e))
     })();
     let _ = std::process::Command::new("ip")
         .args(["netns", "del", &netns])

@@ -82,7 +82,7 @@ pub fn lab_up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> ExitCode {
     // Missing tools first: without iptables the kernel probe below could only fail, and its
     // message would blame the kernel rather than name the package to install.
     if let Err(err) = lifecycle::preflight() {
-        eprintln!("ambit: {}", crate::lab::chain(&err));
+        eprintln!("ambit: {}", crate::error_chain(&err));
         return ExitCode::FAILURE;
     }
     if let Some(problem) = check::kernel_problem(dir) {
@@ -101,7 +101,7 @@ pub fn lab_up(dir: &LabDir, nodes: u8, manifests: Option<&Path>) -> ExitCode {
         }
     }
     if let Err(err) = lifecycle::up(dir, nodes, manifests) {
-        eprintln!("ambit: {}", crate::lab::chain(&err));
+        eprintln!("ambit: {}", crate::error_chain(&err));
         if built_something(dir, &err) {
             eprintln!("(what was built stays for inspection; `ambit lab down` removes it)");
         }

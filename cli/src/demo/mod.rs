@@ -14,8 +14,9 @@ pub use steps::waypoint_missing;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
+use crate::error_chain;
 use crate::lab::state::LabDir;
-use crate::lab::{binary, chain, has_tool, is_root, lifecycle};
+use crate::lab::{binary, has_tool, is_root, lifecycle};
 
 /// The tour's context and its record of what was seen.
 pub struct Tour {
@@ -112,7 +113,7 @@ pub fn run(dir: &LabDir, keep: bool) -> ExitCode {
                     ),
                 );
             }
-            Err(err) => tour.observe(false, &format!("lab down failed: {}", chain(&err))),
+            Err(err) => tour.observe(false, &format!("lab down failed: {}", error_chain(&err))),
         }
     }
     println!();

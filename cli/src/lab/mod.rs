@@ -71,19 +71,6 @@ pub enum LabError {
     View(#[from] view::ViewError),
 }
 
-/// `err` and its causes, `outer: inner: ...`, as `{:#}` prints an `anyhow::Error`: a message
-/// names only its own step and leaves the cause to its source, so printing the message alone
-/// would lose the cause.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text += &format!(": {cause}");
-        source = cause.source();
-    }
-    text
-}
-
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -187,14 +174,14 @@ mod tests {
             }),
         ];
         for err in &errors {
-            let text = chain(err.as_ref());
+            let text = crate::error_chain(err.as_ref());
             assert_eq!(text.matches("the cause").count(), 1, "{text}");
         }
         let corrupt = state::StateError::Corrupt {
             path: path(),
             source: serde_json::from_str::<u8>("x").unwrap_err(),
         };
-        let text = chain(&corrupt);
+        let text = crate::error_chain(&corrupt);
         assert_eq!(text.matches("expected value").count(), 1, "{text}");
         assert!(text.contains("`ambit lab down` removes it"), "{text}");
     }

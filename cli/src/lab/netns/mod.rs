@@ -360,7 +360,7 @@ impl Drop for Topology {
         if !self.destroyed
             && let Err(err) = Self::cleanup(&self.prefix)
         {
-            tracing::warn!(prefix = %self.prefix, error = %super::chain(&err), "could not remove lab topology");
+            tracing::warn!(prefix = %self.prefix, error = %crate::error_chain(&err), "could not remove lab topology");
         }
     }
 }
