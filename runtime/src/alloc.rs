@@ -5,10 +5,10 @@
 //! keeps crossing glibc's trim threshold: the pages are returned to the kernel and faulted back
 //! in a moment later. ztunnel-bench counted ~70,000 page faults a second in the two agents, and
 //! rustls's receive buffer, which grows and shrinks with every record, took most of them.
-//! Fixed thresholds keep half a megabyte at the top of the heap (no dynamic growth past that),
-//! and one arena instead of one per thread keeps the resident set the size of what is in use:
-//! per-thread caches (tcache) already spare the hot path the arena lock (bench/README.md has the
-//! numbers). An operator's own `GLIBC_TUNABLES` wins: then nothing is changed.
+//! Fixed thresholds keep up to 4 MiB free at the top of the heap before `free` gives any back
+//! (glibc's dynamic threshold grows only after an mmap'd chunk is freed), and one arena instead
+//! of one per thread keeps the resident set the size of what is in use: per-thread caches
+//! (tcache) already spare the hot path the arena lock (bench/README.md has the numbers). An operator's own `GLIBC_TUNABLES` wins: then nothing is changed.
 //!
 //! A bulk transfer also leaves the heap fragmented: its 64 KiB chunks are freed in the middle of
 //! the heap, below live allocations, where the trim threshold never returns them, and the agent
@@ -23,8 +23,12 @@
 
 /// Where allocations above this size get their own mapping (default: dynamic, from 128 KiB).
 const MMAP_THRESHOLD: i32 = 256 * 1024;
-/// Free memory kept at the top of the heap before it is given back (default: dynamic).
-const TRIM_THRESHOLD: i32 = 512 * 1024;
+/// Free memory kept at the top of the heap before `free` gives it back (default: dynamic). Above
+/// how far a bulk transfer's working set swings: at 512 KiB the receiving agent's heap top still
+/// moved by ~600 KiB several hundred times a second (`brk` down, then refaulted: 68,000 page
+/// faults a second at 5 Gbit/s). What stays free is returned by [`release_free_memory`] within
+/// seconds, so the resident set at rest does not grow by it.
+const TRIM_THRESHOLD: i32 = 4 * 1024 * 1024;
 
 /// How often [`release_free_memory`] runs: rarely enough to cost nothing measurable (a walk of a
 /// heap of a few MiB), often enough that RSS settles seconds after a burst.
