@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 use tracing::{Instrument, debug, debug_span};
 
 use super::pool::{Connection, Pool, PoolKey};
-use super::socket::BufferedSocket;
+use super::socket::{BufferedSocket, widen_send_buffer};
 use super::{
     DEFAULT_CONNECT_TIMEOUT, H2Stream, HANDSHAKE_TIMEOUT, HboneError, Http2Settings, REASON_HEADER,
     format_forwarded_for,
@@ -172,13 +172,14 @@ impl Client {
             let tls_config = Arc::new(req.source.client_config(destinations));
             let connector = TlsConnector::from(tls_config);
             let server_name = ServerName::IpAddress(addr.ip().into());
-            let tls = tokio::time::timeout(
+            let mut tls = tokio::time::timeout(
                 settings.handshake_timeout,
                 connector.connect(server_name, BufferedSocket::new(tcp)),
             )
             .await
             .map_err(|_| HboneError::HandshakeTimeout)?
             .map_err(|source| HboneError::Handshake { addr, source })?;
+            widen_send_buffer(tls.get_mut().1);
             let h2 = settings.http2;
             let (send, connection) = h2::client::Builder::new()
                 .initial_window_size(h2.stream_window)

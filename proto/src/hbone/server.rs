@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::socket::BufferedSocket;
+use super::socket::{BufferedSocket, widen_send_buffer};
 use super::{
     H2Stream, HANDSHAKE_TIMEOUT, HboneError, Http2Settings, REASON_HEADER, parse_forwarded_for,
 };
@@ -223,10 +223,11 @@ impl<C: ServerCertificates, H: Handler> ConnectionTask<C, H> {
         // that connects and says nothing holds a slot for at most that long.
         let handshake = async {
             let config = self.certs.server_config(local).await?;
-            let tls = TlsAcceptor::from(config)
+            let mut tls = TlsAcceptor::from(config)
                 .accept(BufferedSocket::new(tcp))
                 .await
                 .map_err(|source| HboneError::Handshake { addr: peer, source })?;
+            widen_send_buffer(tls.get_mut().1);
             let identity = peer_identity(tls.get_ref().1)?;
             let h2 = settings.http2;
             let conn = h2::server::Builder::new()

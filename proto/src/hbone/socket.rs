@@ -4,6 +4,12 @@
 //! time, so a 16 KiB record costs four `recv` calls. Reading the socket in one large read and
 //! serving rustls from memory turns those into one syscall per many records, for the price of a
 //! copy of ciphertext that is about to be decrypted anyway.
+//!
+//! The sending side has the mirror problem: rustls takes at most its buffer limit (64 KiB) of
+//! plaintext per write, and a 64 KiB DATA frame is 9 bytes more than that, so every frame went
+//! out as one `writev` of four full records and a second one of a 9-byte record: half the
+//! sends, segments and ACKs of a bulk transfer carried nothing. [`widen_send_buffer`] lets a
+//! whole frame be encrypted and written at once.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -17,6 +23,16 @@ use tokio::net::TcpStream;
 /// buffer, a bulk transfer grows it to the maximum within a few reads.
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 64 * 1024;
+
+/// Ciphertext rustls may hold for the socket: room for a whole maximum-size DATA frame and its
+/// header (two of them), so a frame never splits across writes. It drains in the same write
+/// whenever the socket takes it; a stalled peer holds at most this much per connection.
+const TLS_SEND_BUFFER: usize = 128 * 1024;
+
+/// Applies [`TLS_SEND_BUFFER`] to an HBONE connection's TLS session (client or server side).
+pub(super) fn widen_send_buffer<D>(tls: &mut rustls::ConnectionCommon<D>) {
+    tls.set_buffer_limit(Some(TLS_SEND_BUFFER));
+}
 
 pub struct BufferedSocket {
     inner: TcpStream,
