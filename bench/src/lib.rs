@@ -1,12 +1,13 @@
 //! Shared pieces of Ambit's benchmarks: latency summaries and table output, running code in a
-//! lab pod (`pod`), reading a process's CPU and memory (`proc`), HTTP/1.1 load (`http1`), and
-//! nginx as a peer proxy (`nginx`).
+//! lab pod (`pod`), open-loop pacing on threads (`pace`), reading a process's CPU and memory
+//! (`proc`), HTTP/1.1 load (`http1`), and nginx as a peer proxy (`nginx`).
 //!
 //! Every benchmark measures Ambit against a baseline in the same run and reports ratios, because
 //! these machines are noisy: absolute numbers move from run to run, ratios much less.
 
 pub mod http1;
 pub mod nginx;
+pub mod pace;
 pub mod pod;
 pub mod proc;
 

@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ambit_bench::pace;
 use ambit_bench::pod::in_pod;
 use ambit_bench::proc::{self, Owned};
 use ambit_bench::{Table, micros, percentiles};
@@ -35,8 +36,12 @@ struct Args {
     /// Connections the fixed-rate load is spread over.
     #[arg(long, default_value_t = 50)]
     connections: u32,
+    /// Seconds of fixed-rate load per path, in total over the rounds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// The paths take turns this many times during the fixed-rate load.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Concurrent clients in the connection-rate test.
     #[arg(long, default_value_t = 16)]
     connect_workers: u32,
@@ -127,13 +132,64 @@ fn throughput(mesh: &Mesh) -> Result<()> {
     Ok(())
 }
 
-fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
-    let paths = PATHS;
+/// What one path accumulated over the rounds.
+struct PathRun {
+    label: &'static str,
+    streams: Vec<std::net::TcpStream>,
+    /// Whose CPU is charged to the path: the two agents, or the two relays.
+    pids: [u32; 2],
+    samples: Vec<Duration>,
+    cpu: [f64; 2],
+    elapsed: f64,
+}
 
+fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
     println!(
-        "\n## Latency at {} req/s over {} connections, {} s (64-byte echo)\n",
-        args.rate, args.connections, args.seconds
+        "\n## Latency at {} req/s over {} connections, {} s per path in {} alternating rounds (64-byte echo)\n",
+        args.rate, args.connections, args.seconds, args.rounds
     );
+    let relays = start_relays(mesh)?;
+    let relay_pids = [relays[0].0.0.id(), relays[1].0.0.id()];
+    let agent_pids = [1, 2].map(|n| mesh.agent_pid(n).expect("agent running"));
+    let client = |label| match label {
+        "mesh" => "mesh-client",
+        _ => "direct-client",
+    };
+    let targets = [
+        ("direct", mesh.address("direct-server", ECHO), agent_pids),
+        ("mesh", mesh.address("mesh-server", ECHO), agent_pids),
+        // The floor: the direct pods, through the two relays.
+        ("relay", relays[0].1, relay_pids),
+    ];
+    let mut runs = Vec::new();
+    for (label, target, pids) in targets {
+        runs.push(PathRun {
+            label,
+            streams: open_streams(&mesh.pod(client(label)).netns, target, args.connections)?,
+            pids,
+            samples: Vec::new(),
+            cpu: [0.0; 2],
+            elapsed: 0.0,
+        });
+    }
+    // The paths take turns in short rounds, each round starting from the next path, so a slow
+    // spell of this VM falls on all of them alike instead of on whichever ran then.
+    let round = Duration::from_secs_f64(args.seconds as f64 / f64::from(args.rounds));
+    let paths = runs.len();
+    for turn in 0..paths * args.rounds as usize {
+        let run = &mut runs[(turn / paths + turn % paths) % paths];
+        let before = cpu_of(run.pids)?;
+        let start = Instant::now();
+        let samples = pace::open_loop(&mut run.streams, args.rate, round, echo_64)?;
+        run.elapsed += start.elapsed().as_secs_f64();
+        let after = cpu_of(run.pids)?;
+        for (total, (a, b)) in run.cpu.iter_mut().zip(after.iter().zip(before)) {
+            *total += a - b;
+        }
+        run.samples
+            .extend(samples.into_iter().map(|(latency, ())| latency));
+    }
+
     let table = Table::new(&[
         "path",
         "p50",
@@ -145,46 +201,25 @@ fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
         "RSS (node1 + node2)",
     ]);
     let mut direct_p99 = Duration::ZERO;
-    let relays = start_relays(mesh)?;
-    let relay_pids = [relays[0].0.0.id(), relays[1].0.0.id()];
-    let agent_pids = [1, 2].map(|n| mesh.agent_pid(n).expect("agent running"));
-    let floor = ("relay", "direct-client", relays[0].1);
-    let runs = paths
-        .iter()
-        .map(|&(label, client, server)| (label, client, mesh.address(server, ECHO)))
-        .chain([floor]);
-    for (label, client, target) in runs {
-        // The relay path's cost is its two relays', the others' the two agents'.
-        let pids = if label == "relay" {
-            relay_pids
-        } else {
-            agent_pids
-        };
-        let cpu_before = cpu_of(pids)?;
-        let start = Instant::now();
-        let mut samples = fixed_rate(&mesh.pod(client).netns, target, args)?;
-        let elapsed = start.elapsed().as_secs_f64();
-        let after = cpu_of(pids)?;
-        let each = [after[0] - cpu_before[0], after[1] - cpu_before[1]];
-        let cpu = each[0] + each[1];
-        let p = percentiles(&mut samples);
-        if label == "direct" {
+    for run in &mut runs {
+        let p = percentiles(&mut run.samples);
+        if run.label == "direct" {
             direct_p99 = p.p99;
         }
         // Istio publishes its ztunnel's cost per process; both agents carry every request here.
-        let per_1k = |secs: f64| secs / elapsed / (f64::from(args.rate) / 1000.0);
+        let per_1k = |secs: f64| secs / run.elapsed / (f64::from(args.rate) / 1000.0);
+        let [a, b] = run.cpu;
         table.row(&[
-            label.into(),
+            run.label.into(),
             micros(p.p50),
             micros(p.p99),
             micros(p.p99.saturating_sub(direct_p99)),
-            format!("{cpu:.2}"),
-            format!("{:.3}", per_1k(cpu)),
-            format!("{:.3}, {:.3}", per_1k(each[0]), per_1k(each[1])),
-            rss_of(pids, "VmRSS:")?,
+            format!("{:.2}", a + b),
+            format!("{:.3}", per_1k(a + b)),
+            format!("{:.3}, {:.3}", per_1k(a), per_1k(b)),
+            rss_of(run.pids, "VmRSS:")?,
         ]);
     }
-
     Ok(())
 }
 
@@ -234,38 +269,26 @@ fn iperf(mesh: &Mesh, client: &str, server: SocketAddr) -> Result<f64> {
     Ok(bps / 1e9)
 }
 
-/// Open-loop load: each connection sends its share of `rate` at fixed times.
-fn fixed_rate(netns: &str, target: SocketAddr, args: &Args) -> Result<Vec<Duration>> {
-    let (rate, conns, secs) = (args.rate, args.connections, args.seconds);
+/// `count` echo connections from inside the pod, as blocking sockets for [`pace::open_loop`]'s
+/// threads (a socket stays in its namespace whichever thread uses it).
+fn open_streams(netns: &str, target: SocketAddr, count: u32) -> Result<Vec<std::net::TcpStream>> {
     in_pod(netns, move || async move {
-        let interval = Duration::from_secs_f64(f64::from(conns) / f64::from(rate));
-        let mut tasks = Vec::new();
-        let start = tokio::time::Instant::now() + Duration::from_millis(500);
-        for i in 0..conns {
-            let mut stream = open_echo(target).await?;
-            // Stagger connections evenly across one interval.
-            let offset = interval.mul_f64(f64::from(i) / f64::from(conns));
-            tasks.push(tokio::spawn(async move {
-                let mut samples = Vec::new();
-                let deadline = start + Duration::from_secs(secs);
-                let mut at = start + offset;
-                let mut buf = [0u8; 64];
-                while at < deadline {
-                    tokio::time::sleep_until(at).await;
-                    stream.write_all(&[b'x'; 64]).await?;
-                    stream.read_exact(&mut buf).await?;
-                    samples.push(at.elapsed());
-                    at += interval;
-                }
-                Ok::<_, std::io::Error>(samples)
-            }));
+        let mut streams = Vec::new();
+        for _ in 0..count {
+            let stream = open_echo(target).await?.into_std()?;
+            stream.set_nonblocking(false)?;
+            streams.push(stream);
         }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.map_err(std::io::Error::other)??);
-        }
-        Ok(all)
+        Ok(streams)
     })
+}
+
+/// One request: 64 bytes out, the same 64 back.
+fn echo_64(stream: &mut std::net::TcpStream) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 64];
+    stream.write_all(&[b'x'; 64])?;
+    stream.read_exact(&mut buf)
 }
 
 /// Connects to the echo server and consumes its greeting (sent once the first bytes arrive).
