@@ -16,9 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-/// One keep-alive client connection.
-pub struct Conn {
-    stream: TcpStream,
+/// One keep-alive client connection: on tokio for the closed loop, or a blocking socket
+/// ([`Conn::into_blocking`]) for the open loop's paced threads.
+pub struct Conn<S = TcpStream> {
+    stream: S,
     request: Vec<u8>,
     buf: Vec<u8>,
 }
@@ -37,11 +38,57 @@ impl Conn {
     /// Sends one request and reads its whole answer; returns the status.
     pub async fn get(&mut self) -> io::Result<u16> {
         self.stream.write_all(&self.request).await?;
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
+        loop {
+            if let Some(status) = self.take_response()? {
+                return Ok(status);
             }
-            self.fill().await?;
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            self.received(&chunk[..n])?;
+        }
+    }
+
+    /// The same connection as a blocking socket (it stays in the namespace it was opened in).
+    pub fn into_blocking(self) -> io::Result<Conn<std::net::TcpStream>> {
+        let stream = self.stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(Conn {
+            stream,
+            request: self.request,
+            buf: self.buf,
+        })
+    }
+}
+
+impl Conn<std::net::TcpStream> {
+    /// [`Conn::get`], blocking.
+    pub fn get_blocking(&mut self) -> io::Result<u16> {
+        use std::io::{Read, Write};
+        self.stream.write_all(&self.request)?;
+        loop {
+            if let Some(status) = self.take_response()? {
+                return Ok(status);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk)?;
+            self.received(&chunk[..n])?;
+        }
+    }
+}
+
+impl<S> Conn<S> {
+    fn received(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// The status of the first response in the buffer once all of it has arrived, removing it.
+    fn take_response(&mut self) -> io::Result<Option<u16>> {
+        let Some(head_end) = find(&self.buf, b"\r\n\r\n").map(|i| i + 4) else {
+            return Ok(None);
         };
         let head = std::str::from_utf8(&self.buf[..head_end]).map_err(io::Error::other)?;
         let status = head
@@ -56,21 +103,11 @@ impl Conn {
                     .then(|| value.trim().parse().ok())?
             })
             .ok_or_else(|| io::Error::other(format!("no content-length: {head:?}")))?;
-        while self.buf.len() < head_end + length {
-            self.fill().await?;
+        if self.buf.len() < head_end + length {
+            return Ok(None);
         }
         self.buf.drain(..head_end + length);
-        Ok(status)
-    }
-
-    async fn fill(&mut self) -> io::Result<()> {
-        let mut chunk = [0u8; 4096];
-        let n = self.stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
+        Ok(Some(status))
     }
 }
 
@@ -121,38 +158,19 @@ pub async fn closed_loop(
     join(tasks).await
 }
 
-/// Open loop: each of `conns` connections sends its share of `rate` at fixed times for `secs`.
-pub async fn open_loop(
-    target: SocketAddr,
-    host: String,
-    conns: u32,
+/// Open loop: each connection sends its share of `rate` at fixed times for `length`
+/// ([`crate::pace`]: a thread per connection, microsecond timers).
+pub fn open_loop(
+    conns: &mut [Conn<std::net::TcpStream>],
     rate: u32,
-    secs: u64,
+    length: Duration,
 ) -> io::Result<Outcome> {
-    let interval = Duration::from_secs_f64(f64::from(conns) / f64::from(rate));
-    let mut opened = Vec::new();
-    for _ in 0..conns {
-        opened.push(Conn::open(target, &host).await?);
-    }
-    let start = Instant::now() + Duration::from_millis(200);
-    let deadline = start + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for (i, mut conn) in opened.into_iter().enumerate() {
-        // Staggered evenly across one interval, so the rate is smooth, not bursts of `conns`.
-        let mut at = start + interval.mul_f64(i as f64 / f64::from(conns));
-        tasks.push(tokio::spawn(async move {
-            let mut out = Outcome::default();
-            while at < deadline {
-                tokio::time::sleep_until(at).await;
-                let status = conn.get().await?;
-                out.latencies.push(at.elapsed());
-                out.errors += u64::from(status != 200);
-                at += interval;
-            }
-            Ok::<_, io::Error>(out)
-        }));
-    }
-    join(tasks).await
+    let samples = crate::pace::open_loop(conns, rate, length, Conn::get_blocking)?;
+    let errors = samples.iter().filter(|(_, status)| *status != 200).count();
+    Ok(Outcome {
+        latencies: samples.into_iter().map(|(latency, _)| latency).collect(),
+        errors: errors as u64,
+    })
 }
 
 async fn join(tasks: Vec<tokio::task::JoinHandle<io::Result<Outcome>>>) -> io::Result<Outcome> {
@@ -216,5 +234,14 @@ mod tests {
             served.load(Ordering::Relaxed),
             3 + out.latencies.len() as u64
         );
+        // The same connection, blocking, paced from threads (the open loop).
+        let mut blocking = vec![conn.into_blocking().unwrap()];
+        let paced = tokio::task::spawn_blocking(move || {
+            open_loop(&mut blocking, 100, Duration::from_millis(200))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!((paced.latencies.len(), paced.errors), (20, 0));
     }
 }

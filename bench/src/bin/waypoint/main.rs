@@ -20,11 +20,9 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ambit_bench::pod::{in_pod, listen_in};
+use ambit_bench::pod::in_pod;
 use ambit_bench::proc::{self, Owned};
 use ambit_bench::{Table, http1, micros, nginx, percentiles};
 use ambit_cli::lab::netns::command_in;
@@ -33,6 +31,9 @@ use ambit_tests::mesh::{CONTROLLER, Mesh};
 use ambit_tests::{binaries, eventually, probe};
 use anyhow::{Context, Result};
 use clap::Parser;
+
+mod backends;
+use backends::{Served, counts, split, start_backends};
 
 #[derive(Parser)]
 struct Args {
@@ -211,74 +212,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Requests each server pod answered, by pod name.
-type Served = Vec<(&'static str, Arc<AtomicU64>)>;
-
-/// The HTTP servers of the four server pods, served from one background thread.
-fn start_backends(mesh: &Mesh) -> Result<Served> {
-    let mut listeners = Vec::new();
-    let mut served = Served::new();
-    for (pod, name) in [
-        ("mesh-server-a", "a"),
-        ("mesh-server-b", "b"),
-        ("direct-server-a", "a"),
-        ("direct-server-b", "b"),
-    ] {
-        let addr = SocketAddr::new([0, 0, 0, 0].into(), HTTP);
-        let counter = Arc::new(AtomicU64::new(0));
-        served.push((pod, counter.clone()));
-        listeners.push((listen_in(&mesh.pod(pod).netns, addr)?, name, counter));
-    }
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let mut tasks = Vec::new();
-            for (l, name, counter) in listeners {
-                let l = tokio::net::TcpListener::from_std(l).expect("listener");
-                tasks.push(tokio::spawn(http1::serve(l, name, counter)));
-            }
-            futures::future::join_all(tasks).await;
-        });
-    });
-    Ok(served)
-}
-
-/// Share of the requests answered by the `-a` server of the client's kind since `before`.
-fn split(served: &Served, client: &str, before: &[u64]) -> String {
-    let kind = client.split('-').next().unwrap_or("");
-    let now: Vec<u64> = served
-        .iter()
-        .map(|(_, c)| c.load(Ordering::Relaxed))
-        .collect();
-    let count = |suffix: &str| -> u64 {
-        served
-            .iter()
-            .zip(now.iter().zip(before))
-            .filter(|((pod, _), _)| pod.starts_with(kind) && pod.ends_with(suffix))
-            .map(|(_, (n, b))| n - b)
-            .sum()
-    };
-    let (a, b) = (count("-a"), count("-b"));
-    if a + b == 0 {
-        return "-".into();
-    }
-    format!(
-        "{:.1}/{:.1}",
-        100.0 * a as f64 / (a + b) as f64,
-        100.0 * b as f64 / (a + b) as f64
-    )
-}
-
-fn counts(served: &Served) -> Vec<u64> {
-    served
-        .iter()
-        .map(|(_, c)| c.load(Ordering::Relaxed))
-        .collect()
-}
-
 /// `ambit-waypoint` in its pod, as the lab starts it, with access logs off (Istio's default).
 fn start_waypoint(mesh: &Mesh) -> Result<Owned> {
     let data = mesh.scratch().join("data");
@@ -423,12 +356,18 @@ fn open(mesh: &Mesh, paths: &[&Path], args: &Args) -> Result<()> {
     for p in paths {
         let netns = mesh.pod(p.client).netns.clone();
         let (target, host) = (p.target, p.host.to_string());
-        let (conns, rate, secs) = (args.connections, args.rate, args.seconds);
+        let conns = args.connections;
+        let mut opened = in_pod(&netns, move || async move {
+            let mut opened = Vec::new();
+            for _ in 0..conns {
+                opened.push(http1::Conn::open(target, &host).await?.into_blocking()?);
+            }
+            Ok(opened)
+        })?;
         let cpu_before = proxy_cpu(p)?;
         let start = Instant::now();
-        let mut out = in_pod(&netns, move || {
-            http1::open_loop(target, host, conns, rate, secs)
-        })?;
+        let length = Duration::from_secs(args.seconds);
+        let mut out = http1::open_loop(&mut opened, args.rate, length)?;
         let elapsed = start.elapsed().as_secs_f64();
         let cpu = proxy_cpu(p)? - cpu_before;
         let rss = proxy_rss(p)?;
