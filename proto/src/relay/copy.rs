@@ -21,6 +21,13 @@ pub(super) const MIN_READ: usize = 4 * 1024;
 /// munmap.
 pub(super) const MAX_READ: usize = 64 * 1024;
 
+/// Chunks one direction moves before it lets its task yield. An HTTP/2 sink only queues what it
+/// is handed; the connection task that encrypts and writes it was woken on this worker and runs
+/// only when this task yields, and tokio keeps it in a slot the other worker cannot steal from.
+/// Without a turn limit, a bulk sender read up to the stream's whole send buffer (1 MiB, 16
+/// reads) before one byte of it was written, and the two stages ran in bursts, one at a time.
+const CHUNKS_PER_TURN: u32 = 4;
+
 /// One direction: `from`'s reads go to `to`.
 struct Direction {
     /// Where reads land (endpoints that keep their own memory leave it empty).
@@ -56,6 +63,7 @@ impl Direction {
         from: &mut F,
         to: &mut T,
     ) -> Poll<io::Result<()>> {
+        let mut sent = 0;
         loop {
             if let Some(chunk) = &mut self.pending {
                 while !chunk.is_empty() {
@@ -63,6 +71,15 @@ impl Direction {
                 }
                 self.pending = None;
                 self.unflushed = true;
+                sent += 1;
+                if sent == CHUNKS_PER_TURN {
+                    if self.unflushed {
+                        ready!(to.poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
             }
             if self.read_done {
                 if self.unflushed {
@@ -221,6 +238,50 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::relay::Io;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bulk_direction_yields_its_task_after_a_few_chunks() {
+        // Far more is readable at once than one turn moves.
+        let (mut client, a) = tokio::io::duplex(4 * 1024 * 1024);
+        let (b, mut server) = tokio::io::duplex(4 * 1024 * 1024);
+        client.write_all(&vec![7u8; 1024 * 1024]).await.unwrap();
+        let mut relay = Relay::new(Io(a), Io(b), None);
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(relay.poll(&mut cx).is_pending());
+        let moved = relay.transferred().a_to_b;
+        assert!(
+            moved > 0 && moved < 1024 * 1024,
+            "moved {moved} in one turn"
+        );
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            1,
+            "the task is woken to go on"
+        );
+        // Later turns move the rest.
+        while relay.transferred().a_to_b < 1024 * 1024 {
+            assert!(relay.poll(&mut cx).is_pending());
+        }
+        let mut got = vec![0u8; 1024 * 1024];
+        server.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|b| *b == 7));
+    }
 
     #[test]
     fn reads_grow_while_they_fill_the_buffer_and_shrink_when_they_do_not() {
