@@ -5,7 +5,7 @@
 //! under the field manager [`MANAGER`] (so reconciling again changes nothing and fields others
 //! own are left alone), the status of Gateways ([`status`]), of HTTPRoutes ([`routes`]) and of
 //! Ambit's GatewayClass ([`class`]), all through [`patch_status`], and the deletion of objects whose
-//! Gateway is gone (the sweep: the garbage collector does it through the owner references, the
+//! Gateway is gone ([`sweep`]: the garbage collector does it through the owner references, the
 //! sweep covers clusters where it is off). It runs only while this replica leads
 //! ([`crate::leader`]); it does not read the mesh's state or translate anything.
 //!
@@ -16,16 +16,17 @@ pub mod class;
 pub mod objects;
 pub mod routes;
 pub mod status;
+mod sweep;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -41,6 +42,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::model::{self, Object};
 use crate::translate::{self, waypoint};
 use objects::{GatewayKey, MANAGED_BY, WaypointSettings};
+use sweep::sweep_loop;
 
 /// The field manager of every write, so the API server knows which fields are the controller's.
 pub const MANAGER: &str = "ambit-controller";
@@ -425,78 +427,4 @@ fn error_policy(gw: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Reconci
     *n += 1;
     warn!(gateway = %format!("{}/{}", key.0, key.1), retry_in = ?delay, "reconcile failed: {error}");
     Action::requeue(delay)
-}
-
-/// Every sweep interval: deletes what the reconciler made for Gateways that are gone or no
-/// longer waypoints. The Gateways are listed afresh each time rather than read from the
-/// controller's cache, so a cache not filled yet can never look like "every Gateway is gone".
-async fn sweep_loop(ctx: Arc<Reconciler>) {
-    let gateways = Api::<DynamicObject>::all_with(ctx.client.clone(), &gateway_resource());
-    loop {
-        match gateways.list(&ListParams::default()).await {
-            Ok(list) => {
-                let live: BTreeSet<(String, String)> = list
-                    .items
-                    .iter()
-                    .filter(|gw| waypoint_class(gw) && gw.metadata.deletion_timestamp.is_none())
-                    .map(|gw| (gw.namespace().unwrap_or_default(), gw.name_any()))
-                    .collect();
-                let swept = sweep::<Deployment>(&ctx, &live).await
-                    + sweep::<Service>(&ctx, &live).await
-                    + sweep::<ConfigMap>(&ctx, &live).await
-                    + sweep::<ServiceAccount>(&ctx, &live).await;
-                if swept > 0 {
-                    info!(objects = swept, "deleted the objects of removed waypoints");
-                }
-            }
-            // No Gateway API on this cluster: no waypoints, and nothing of theirs to sweep.
-            Err(kube::Error::Api(status)) if status.code == 404 => {
-                debug!("Gateways are not served; no sweep")
-            }
-            // Never sweep on a failed list: every waypoint would look orphaned.
-            Err(e) => warn!("listing Gateways for the sweep: {e}"),
-        }
-        tokio::time::sleep(ctx.sweep_interval).await;
-    }
-}
-
-/// Deletes the managed objects of kind `K` whose Gateway is not in `live`; how many.
-async fn sweep<K>(ctx: &Reconciler, live: &BTreeSet<(String, String)>) -> usize
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::all(ctx.client.clone());
-    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    let listed = match api
-        .list_metadata(&ListParams::default().labels(&selector))
-        .await
-    {
-        Ok(list) => list,
-        Err(e) => {
-            warn!(kind = kind_of::<K>(), "listing for the sweep: {e}");
-            return 0;
-        }
-    };
-    let mut deleted = 0;
-    for object in listed {
-        let namespace = object.namespace().unwrap_or_default();
-        let Some(gateway) = object.labels().get(waypoint::GATEWAY_NAME_LABEL) else {
-            continue;
-        };
-        if live.contains(&(namespace.clone(), gateway.clone())) {
-            continue;
-        }
-        let name = object.name_any();
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-        match api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => deleted += 1,
-            // The garbage collector was faster.
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => warn!(kind = kind_of::<K>(), %namespace, %name, "sweep: deleting: {e}"),
-        }
-    }
-    deleted
 }
