@@ -10,6 +10,17 @@ use std::io;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The open loop's shape, the same flags in every benchmark that runs one.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Load {
+    /// Requests per second of the open-loop (fixed-rate) load.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// Connections the rate is spread over.
+    #[arg(long, default_value_t = 50)]
+    pub connections: u32,
+}
+
 /// The default timer slack (50 µs) would let the kernel batch our wake-ups that much late.
 const TIMER_SLACK_NS: libc::c_ulong = 1_000;
 
@@ -90,24 +101,18 @@ mod tests {
             }
         });
         let mut conns: Vec<_> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        let samples = open_loop(&mut conns, 200, Duration::from_secs(1), |s| {
+        let echoes = |s: &mut TcpStream| -> io::Result<bool> {
             s.write_all(b"12345678")?;
             let mut b = [0u8; 8];
             s.read_exact(&mut b)?;
             Ok(b == *b"12345678")
-        })
-        .unwrap();
+        };
+        let samples = open_loop(&mut conns, 200, Duration::from_secs(1), echoes).unwrap();
         // 200 per second for one second, each connection 50 at 20 ms intervals.
         assert_eq!(samples.len(), 200);
         assert!(samples.iter().all(|(_, echoed)| *echoed));
         // The connections are still there for another round.
-        let again = open_loop(&mut conns, 400, Duration::from_millis(500), |s| {
-            s.write_all(b"abcdefgh")?;
-            let mut b = [0u8; 8];
-            s.read_exact(&mut b)?;
-            Ok(b == *b"abcdefgh")
-        })
-        .unwrap();
+        let again = open_loop(&mut conns, 400, Duration::from_millis(500), echoes).unwrap();
         assert_eq!(again.len(), 200);
         assert!(again.iter().all(|(_, echoed)| *echoed));
     }

@@ -30,12 +30,8 @@ use tokio::net::TcpStream;
 
 #[derive(Parser)]
 struct Args {
-    /// Requests per second for the latency and CPU measurement.
-    #[arg(long, default_value_t = 1000)]
-    rate: u32,
-    /// Connections the fixed-rate load is spread over.
-    #[arg(long, default_value_t = 50)]
-    connections: u32,
+    #[command(flatten)]
+    load: pace::Load,
     /// Seconds of fixed-rate load per path, in total over the rounds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -146,26 +142,32 @@ struct PathRun {
 fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
     println!(
         "\n## Latency at {} req/s over {} connections, {} s per path in {} alternating rounds (64-byte echo)\n",
-        args.rate, args.connections, args.seconds, args.rounds
+        args.load.rate, args.load.connections, args.seconds, args.rounds
     );
     let relays = start_relays(mesh)?;
     let relay_pids = [relays[0].0.0.id(), relays[1].0.0.id()];
     let agent_pids = [1, 2].map(|n| mesh.agent_pid(n).expect("agent running"));
-    let client = |label| match label {
-        "mesh" => "mesh-client",
-        _ => "direct-client",
-    };
     let targets = [
-        ("direct", mesh.address("direct-server", ECHO), agent_pids),
-        ("mesh", mesh.address("mesh-server", ECHO), agent_pids),
+        (
+            "direct",
+            "direct-client",
+            mesh.address("direct-server", ECHO),
+            agent_pids,
+        ),
+        (
+            "mesh",
+            "mesh-client",
+            mesh.address("mesh-server", ECHO),
+            agent_pids,
+        ),
         // The floor: the direct pods, through the two relays.
-        ("relay", relays[0].1, relay_pids),
+        ("relay", "direct-client", relays[0].1, relay_pids),
     ];
     let mut runs = Vec::new();
-    for (label, target, pids) in targets {
+    for (label, client, target, pids) in targets {
         runs.push(PathRun {
             label,
-            streams: open_streams(&mesh.pod(client(label)).netns, target, args.connections)?,
+            streams: open_streams(&mesh.pod(client).netns, target, args.load.connections)?,
             pids,
             samples: Vec::new(),
             cpu: [0.0; 2],
@@ -180,7 +182,7 @@ fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
         let run = &mut runs[(turn / paths + turn % paths) % paths];
         let before = cpu_of(run.pids)?;
         let start = Instant::now();
-        let samples = pace::open_loop(&mut run.streams, args.rate, round, echo_64)?;
+        let samples = pace::open_loop(&mut run.streams, args.load.rate, round, echo_64)?;
         run.elapsed += start.elapsed().as_secs_f64();
         let after = cpu_of(run.pids)?;
         for (total, (a, b)) in run.cpu.iter_mut().zip(after.iter().zip(before)) {
@@ -207,7 +209,7 @@ fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
             direct_p99 = p.p99;
         }
         // Istio publishes its ztunnel's cost per process; both agents carry every request here.
-        let per_1k = |secs: f64| secs / run.elapsed / (f64::from(args.rate) / 1000.0);
+        let per_1k = |secs: f64| secs / run.elapsed / (f64::from(args.load.rate) / 1000.0);
         let [a, b] = run.cpu;
         table.row(&[
             run.label.into(),

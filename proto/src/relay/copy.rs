@@ -73,10 +73,8 @@ impl Direction {
                 self.unflushed = true;
                 sent += 1;
                 if sent == CHUNKS_PER_TURN {
-                    if self.unflushed {
-                        ready!(to.poll_flush(cx))?;
-                        self.unflushed = false;
-                    }
+                    ready!(to.poll_flush(cx))?;
+                    self.unflushed = false;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use ambit_bench::pod::in_pod;
 use ambit_bench::proc::{self, Owned};
-use ambit_bench::{Table, http1, micros, nginx, percentiles};
+use ambit_bench::{Table, http1, micros, nginx, pace, percentiles};
 use ambit_cli::lab::netns::command_in;
 use ambit_tests::manifests::{self, Pod};
 use ambit_tests::mesh::{CONTROLLER, Mesh};
@@ -37,12 +37,8 @@ use backends::{Served, counts, split, start_backends};
 
 #[derive(Parser)]
 struct Args {
-    /// Requests per second of the open-loop run.
-    #[arg(long, default_value_t = 1000)]
-    rate: u32,
-    /// Connections the open-loop rate is spread over.
-    #[arg(long, default_value_t = 50)]
-    connections: u32,
+    #[command(flatten)]
+    load: pace::Load,
     /// Connections of the closed-loop run.
     #[arg(long, default_value_t = 32)]
     closed_connections: u32,
@@ -339,7 +335,7 @@ fn proxy_rss(p: &Path) -> Result<f64> {
 fn open(mesh: &Mesh, paths: &[&Path], args: &Args) -> Result<()> {
     println!(
         "\n## Open loop: {} req/s over {} connections, {} s\n",
-        args.rate, args.connections, args.seconds
+        args.load.rate, args.load.connections, args.seconds
     );
     let table = Table::new(&[
         "path",
@@ -352,11 +348,11 @@ fn open(mesh: &Mesh, paths: &[&Path], args: &Args) -> Result<()> {
         "proxy RSS per 1k req/s",
     ]);
     let mut direct_p99 = None;
-    let per_1k = f64::from(args.rate) / 1000.0;
+    let per_1k = f64::from(args.load.rate) / 1000.0;
     for p in paths {
         let netns = mesh.pod(p.client).netns.clone();
         let (target, host) = (p.target, p.host.to_string());
-        let conns = args.connections;
+        let conns = args.load.connections;
         let mut opened = in_pod(&netns, move || async move {
             let mut opened = Vec::new();
             for _ in 0..conns {
@@ -367,7 +363,7 @@ fn open(mesh: &Mesh, paths: &[&Path], args: &Args) -> Result<()> {
         let cpu_before = proxy_cpu(p)?;
         let start = Instant::now();
         let length = Duration::from_secs(args.seconds);
-        let mut out = http1::open_loop(&mut opened, args.rate, length)?;
+        let mut out = http1::open_loop(&mut opened, args.load.rate, length)?;
         let elapsed = start.elapsed().as_secs_f64();
         let cpu = proxy_cpu(p)? - cpu_before;
         let rss = proxy_rss(p)?;
