@@ -1,12 +1,12 @@
 //! Node-agent benchmark: two lab nodes (network namespaces), pods in the mesh talking through
 //! both agents (TPROXY -> HBONE/mTLS -> TPROXY) against pods outside the mesh talking directly,
 //! measured in the same run:
-//! - single-stream throughput (iperf3, 5 s);
+//! - single-stream throughput (iperf3, 5 s), beside the floor below;
 //! - request latency p50/p99 at a fixed rate (open loop, 64-byte echo requests spread over many
 //!   connections; latency counted from the scheduled send time, so queueing shows);
 //! - the agents' CPU seconds and RSS during that load, per 1,000 requests/s, beside a floor: a
-//!   plain user-space TCP relay (no TLS, no HTTP/2, no capture rules) on each node, in the agents'
-//!   places, with the same socket hops (`relay`);
+//!   plain user-space TCP relay (the agents' own relay code, no TLS, no HTTP/2, no capture rules)
+//!   on each node, in the agents' places, with the same socket hops (`relay`);
 //! - new connections per second (connect, one request, close; closed loop).
 //!
 //! Needs root, iperf3, and release builds of the binaries:
@@ -44,8 +44,9 @@ struct Args {
     /// Run only these parts (comma-separated): throughput, latency, connections.
     #[arg(long, value_delimiter = ',', default_values_t = ["throughput".to_string(), "latency".into(), "connections".into()])]
     only: Vec<String>,
-    /// Internal: run as the floor's relay, accepting on the first address and dialling the second.
-    #[arg(long, num_args = 2, hide = true)]
+    /// Internal: run as the floor's relay: pairs of addresses, accepting on the first of each and
+    /// dialling the second.
+    #[arg(long, num_args = 2.., hide = true)]
     relay: Option<Vec<SocketAddr>>,
 }
 
@@ -55,7 +56,8 @@ const IPERF: u16 = 5201;
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(addrs) = &args.relay {
-        return relay(addrs[0], addrs[1]);
+        anyhow::ensure!(addrs.len() % 2 == 0, "--relay takes pairs of addresses");
+        return relay(addrs.chunks(2).map(|pair| (pair[0], pair[1])).collect());
     }
     let mut mesh = Mesh::new("zbench", 2);
     let pods = [
@@ -86,13 +88,22 @@ fn main() -> Result<()> {
         mesh.run_in_pod(server, "iperf3", &["-s", "-p", &IPERF.to_string()]);
     }
     std::thread::sleep(Duration::from_millis(500));
+    let relays = start_relays(&mesh)?;
+    // Every path pays the kernel's TCP costs, and on a VM they move with these: BBR without the fq
+    // qdisc paces each socket with its own timer (bench/README.md).
+    let sysctl = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/{key}"));
+    println!(
+        "TCP congestion control {}, default qdisc {}\n",
+        sysctl("ipv4/tcp_congestion_control")?.trim(),
+        sysctl("core/default_qdisc")?.trim()
+    );
 
     let run = |part: &str| args.only.iter().any(|p| p == part);
     if run("throughput") {
-        throughput(&mesh)?;
+        throughput(&mesh, &relays)?;
     }
     if run("latency") {
-        latency(&mesh, &args)?;
+        latency(&mesh, &args, &relays)?;
     }
     if run("connections") {
         connections(&mesh, &args)?;
@@ -106,15 +117,24 @@ const PATHS: [(&str, &str, &str); 2] = [
     ("mesh", "mesh-client", "mesh-server"),
 ];
 
-fn throughput(mesh: &Mesh) -> Result<()> {
-    let paths = PATHS;
+fn throughput(mesh: &Mesh, relays: &Relays) -> Result<()> {
+    let [
+        (direct, direct_client, direct_server),
+        (_, mesh_client, mesh_server),
+    ] = PATHS;
+    let paths = [
+        (direct, direct_client, mesh.address(direct_server, IPERF)),
+        ("mesh", mesh_client, mesh.address(mesh_server, IPERF)),
+        // The floor: the same three TCP connections as the mesh, with no TLS and no HTTP/2.
+        ("relay", direct_client, relays.iperf),
+    ];
     println!("## Throughput (iperf3, one stream, 5 s, best of 2)\n");
     let table = Table::new(&["path", "Gbit/s", "ratio to direct"]);
     let mut direct_gbps = 0.0;
-    for (label, client, server) in paths {
+    for (label, client, target) in paths {
         let mut best: f64 = 0.0;
         for _ in 0..2 {
-            best = best.max(iperf(mesh, client, mesh.address(server, IPERF))?);
+            best = best.max(iperf(mesh, client, target)?);
         }
         if label == "direct" {
             direct_gbps = best;
@@ -139,13 +159,12 @@ struct PathRun {
     elapsed: f64,
 }
 
-fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
+fn latency(mesh: &Mesh, args: &Args, relays: &Relays) -> Result<()> {
     println!(
         "\n## Latency at {} req/s over {} connections, {} s per path in {} alternating rounds (64-byte echo)\n",
         args.load.rate, args.load.connections, args.seconds, args.rounds
     );
-    let relays = start_relays(mesh)?;
-    let relay_pids = [relays[0].0.0.id(), relays[1].0.0.id()];
+    let relay_pids = relays.processes.each_ref().map(|p| p.0.id());
     let agent_pids = [1, 2].map(|n| mesh.agent_pid(n).expect("agent running"));
     let targets = [
         (
@@ -161,7 +180,7 @@ fn latency(mesh: &Mesh, args: &Args) -> Result<()> {
             agent_pids,
         ),
         // The floor: the direct pods, through the two relays.
-        ("relay", "direct-client", relays[0].1, relay_pids),
+        ("relay", "direct-client", relays.echo, relay_pids),
     ];
     let mut runs = Vec::new();
     for (label, client, target, pids) in targets {
@@ -353,52 +372,93 @@ fn agents_peak(mesh: &Mesh) -> Result<String> {
     rss_of([a?, b?], "VmHWM:")
 }
 
+/// The floor's first listening port; each proxied server port gets its own.
 const RELAY_PORT: u16 = 17000;
 
 /// The floor's relays, one in each node's namespace where its agent runs: node1's accepts from
-/// the direct client and dials node2's, which dials the direct echo server. Returns them with
-/// the address each listens on (node1's is the one the client dials).
-fn start_relays(mesh: &Mesh) -> Result<[(Owned, SocketAddr); 2]> {
+/// the direct client and dials node2's, which dials the direct servers.
+struct Relays {
+    processes: [Owned; 2],
+    /// Where the direct client dials to reach the echo server, and the iperf3 server, through
+    /// both relays.
+    echo: SocketAddr,
+    iperf: SocketAddr,
+}
+
+fn start_relays(mesh: &Mesh) -> Result<Relays> {
     let exe = std::env::current_exe()?;
     let node = |n: u8| mesh.topology.node(n).context("node");
-    let at = |n: u8| -> Result<SocketAddr> { Ok(SocketAddr::new(node(n)?.ip.into(), RELAY_PORT)) };
-    let start = |n: u8, to: SocketAddr| -> Result<(Owned, SocketAddr)> {
-        let listen = at(n)?;
+    let at =
+        |n: u8, port: u16| -> Result<SocketAddr> { Ok(SocketAddr::new(node(n)?.ip.into(), port)) };
+    let start = |n: u8, pairs: [(SocketAddr, SocketAddr); 2]| -> Result<Owned> {
+        let args = pairs
+            .iter()
+            .flat_map(|(listen, to)| [listen.to_string(), to.to_string()]);
         let child = command_in(&node(n)?.netns, &exe)
-            .args(["--relay", &listen.to_string(), &to.to_string()])
+            .arg("--relay")
+            .args(args)
             .stdin(std::process::Stdio::null())
             .spawn()
             .context("starting the relay")?;
-        Ok((Owned(child), listen))
+        Ok(Owned(child))
     };
-    let second = start(2, mesh.address("direct-server", ECHO))?;
-    let first = start(1, at(2)?)?;
-    // Until the chain answers.
+    let (echo_port, iperf_port) = (RELAY_PORT, RELAY_PORT + 1);
+    let second = start(
+        2,
+        [
+            (at(2, echo_port)?, mesh.address("direct-server", ECHO)),
+            (at(2, iperf_port)?, mesh.address("direct-server", IPERF)),
+        ],
+    )?;
+    let first = start(
+        1,
+        [
+            (at(1, echo_port)?, at(2, echo_port)?),
+            (at(1, iperf_port)?, at(2, iperf_port)?),
+        ],
+    )?;
+    // Until the chain answers (each relay binds all its ports before it accepts).
     let netns = mesh.pod("direct-client").netns.clone();
-    let target = first.1;
+    let target = at(1, echo_port)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while in_pod(&netns, move || open_echo(target)).is_err() {
         anyhow::ensure!(Instant::now() < deadline, "the relays never answered");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok([first, second])
+    Ok(Relays {
+        processes: [first, second],
+        echo: target,
+        iperf: at(1, iperf_port)?,
+    })
 }
 
-/// The floor: accept, dial, copy both ways, on the same kind of runtime as the agents (one
-/// worker per core). Nothing else: no TLS, no HTTP/2, no policy, no metrics, no capture.
-fn relay(listen: SocketAddr, to: SocketAddr) -> Result<()> {
+/// The floor: accept, dial, and relay both ways with the agents' own relay (`ambit_proto::relay`,
+/// the same adaptive reads), on the same kind of runtime as the agents (one worker per core).
+/// Nothing else: no TLS, no HTTP/2, no policy, no metrics, no capture.
+fn relay(pairs: Vec<(SocketAddr, SocketAddr)>) -> Result<()> {
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        loop {
-            let (mut inbound, _) = listener.accept().await?;
-            tokio::spawn(async move {
-                let Ok(mut outbound) = TcpStream::connect(to).await else {
-                    return;
-                };
-                let _ = inbound.set_nodelay(true);
-                let _ = outbound.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        let mut listeners = Vec::new();
+        for (listen, to) in pairs {
+            listeners.push((tokio::net::TcpListener::bind(listen).await?, to));
+        }
+        let mut accepting = tokio::task::JoinSet::new();
+        for (listener, to) in listeners {
+            accepting.spawn(async move {
+                loop {
+                    let (inbound, _) = listener.accept().await?;
+                    tokio::spawn(async move {
+                        let Ok(outbound) = TcpStream::connect(to).await else {
+                            return;
+                        };
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let _ = ambit_proto::relay::relay(inbound, outbound).await;
+                    });
+                }
             });
         }
+        // A listener only stops on an error: report the first.
+        let first: std::io::Result<()> = accepting.join_next().await.context("no listeners")??;
+        Ok(first?)
     })
 }
