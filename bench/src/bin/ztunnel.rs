@@ -91,11 +91,14 @@ fn main() -> Result<()> {
     let relays = start_relays(&mesh)?;
     // Every path pays the kernel's TCP costs, and on a VM they move with these: BBR without the fq
     // qdisc paces each socket with its own timer (bench/README.md).
-    let sysctl = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/{key}"));
+    let sysctl = |key: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{key}"))
+            .map_or_else(|e| format!("unknown ({e})"), |v| v.trim().to_string())
+    };
     println!(
         "TCP congestion control {}, default qdisc {}\n",
-        sysctl("ipv4/tcp_congestion_control")?.trim(),
-        sysctl("core/default_qdisc")?.trim()
+        sysctl("ipv4/tcp_congestion_control"),
+        sysctl("core/default_qdisc")
     );
 
     let run = |part: &str| args.only.iter().any(|p| p == part);
@@ -118,16 +121,11 @@ const PATHS: [(&str, &str, &str); 2] = [
 ];
 
 fn throughput(mesh: &Mesh, relays: &Relays) -> Result<()> {
-    let [
-        (direct, direct_client, direct_server),
-        (_, mesh_client, mesh_server),
-    ] = PATHS;
-    let paths = [
-        (direct, direct_client, mesh.address(direct_server, IPERF)),
-        ("mesh", mesh_client, mesh.address(mesh_server, IPERF)),
+    let paths = PATHS
+        .map(|(label, client, server)| (label, client, mesh.address(server, IPERF)))
+        .into_iter()
         // The floor: the same three TCP connections as the mesh, with no TLS and no HTTP/2.
-        ("relay", direct_client, relays.iperf),
-    ];
+        .chain([("relay", "direct-client", relays.iperf)]);
     println!("## Throughput (iperf3, one stream, 5 s, best of 2)\n");
     let table = Table::new(&["path", "Gbit/s", "ratio to direct"]);
     let mut direct_gbps = 0.0;
@@ -388,8 +386,7 @@ struct Relays {
 fn start_relays(mesh: &Mesh) -> Result<Relays> {
     let exe = std::env::current_exe()?;
     let node = |n: u8| mesh.topology.node(n).context("node");
-    let at =
-        |n: u8, port: u16| -> Result<SocketAddr> { Ok(SocketAddr::new(node(n)?.ip.into(), port)) };
+    let at = |n: u8| -> Result<std::net::IpAddr> { Ok(node(n)?.ip.into()) };
     let start = |n: u8, pairs: [(SocketAddr, SocketAddr); 2]| -> Result<Owned> {
         let args = pairs
             .iter()
@@ -402,24 +399,17 @@ fn start_relays(mesh: &Mesh) -> Result<Relays> {
             .context("starting the relay")?;
         Ok(Owned(child))
     };
-    let (echo_port, iperf_port) = (RELAY_PORT, RELAY_PORT + 1);
+    // Each proxied server port has a relay port of its own, the same on both nodes.
+    let ports = [(RELAY_PORT, ECHO), (RELAY_PORT + 1, IPERF)];
+    let [at1, at2] = [at(1)?, at(2)?].map(|ip| move |port| SocketAddr::new(ip, port));
     let second = start(
         2,
-        [
-            (at(2, echo_port)?, mesh.address("direct-server", ECHO)),
-            (at(2, iperf_port)?, mesh.address("direct-server", IPERF)),
-        ],
+        ports.map(|(relay, server)| (at2(relay), mesh.address("direct-server", server))),
     )?;
-    let first = start(
-        1,
-        [
-            (at(1, echo_port)?, at(2, echo_port)?),
-            (at(1, iperf_port)?, at(2, iperf_port)?),
-        ],
-    )?;
+    let first = start(1, ports.map(|(relay, _)| (at1(relay), at2(relay))))?;
     // Until the chain answers (each relay binds all its ports before it accepts).
     let netns = mesh.pod("direct-client").netns.clone();
-    let target = at(1, echo_port)?;
+    let target = at1(RELAY_PORT);
     let deadline = Instant::now() + Duration::from_secs(10);
     while in_pod(&netns, move || open_echo(target)).is_err() {
         anyhow::ensure!(Instant::now() < deadline, "the relays never answered");
@@ -428,7 +418,7 @@ fn start_relays(mesh: &Mesh) -> Result<Relays> {
     Ok(Relays {
         processes: [first, second],
         echo: target,
-        iperf: at(1, iperf_port)?,
+        iperf: at1(RELAY_PORT + 1),
     })
 }
 

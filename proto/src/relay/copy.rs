@@ -25,7 +25,7 @@ pub(super) const MIN_READ: usize = 4 * 1024;
 /// whole segments). A 64 KiB chunk is 65.6 KB of TLS, so every frame went out as a full packet
 /// and a 1.9 KB one: twice the packets, ACKs and per-packet kernel work for the same bytes, on
 /// both nodes. 60 KiB fits one burst at every common MSS (one-burst constraint below); single-
-/// stream throughput through two agents went from 44-47% to 59-61% of the direct path.
+/// stream throughput through two agents went from 44-47% to 59-60% of the direct path.
 pub(super) const MAX_READ: usize = 60 * 1024;
 
 /// The one-burst constraint: a full chunk's DATA frame (9-byte header) in TLS 1.3 records (16 KiB
