@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(
             sizes.len(),
             5,
-            "4 KiB doubles to 64 KiB in four full reads: {sizes:?}"
+            "4 KiB doubles to MAX_READ in four full reads: {sizes:?}"
         );
         d.adapt(MAX_READ);
         assert_eq!(d.read_size, MAX_READ, "never past the maximum");
