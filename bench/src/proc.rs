@@ -6,8 +6,39 @@ use std::io;
 /// USER_HZ: the unit of `utime` and `stime`; 100 on every Linux the lab runs on.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// User + system CPU seconds `pid` has used so far.
-pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+/// CPU seconds a process has used so far, split as the kernel accounts them: in its own code
+/// (user) and in the kernel on its behalf (system: syscalls, the network stack, wake-ups).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTimes {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = CpuTimes;
+    fn sub(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+impl std::ops::AddAssign for CpuTimes {
+    fn add_assign(&mut self, other: CpuTimes) {
+        self.user += other.user;
+        self.system += other.system;
+    }
+}
+
+/// User and system CPU seconds `pid` has used so far.
+pub fn cpu_times(pid: u32) -> io::Result<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let fields = stat_fields(&stat)?;
     let ticks = |i: usize| -> io::Result<f64> {
@@ -17,7 +48,15 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
             .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat field {i}")))
     };
     // utime and stime are fields 14 and 15; the slice starts at field 3.
-    Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
+    Ok(CpuTimes {
+        user: ticks(11)? / TICKS_PER_SECOND,
+        system: ticks(12)? / TICKS_PER_SECOND,
+    })
+}
+
+/// User + system CPU seconds `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    Ok(cpu_times(pid)?.total())
 }
 
 /// The fields after the command name, which may itself contain spaces and parentheses.
@@ -108,7 +147,9 @@ mod tests {
             x = x.wrapping_add(i * i);
         }
         assert!(x > 0);
-        assert!(cpu_seconds(me).unwrap() > 0.0);
+        let times = cpu_times(me).unwrap();
+        assert!(times.user > 0.0, "{times:?}");
+        assert!(cpu_seconds(me).unwrap() >= times.total());
         assert!(status_mib(me, "VmRSS:").unwrap() > 0.0);
         assert!(stat_fields("1 (a) b) c) S 7 8").unwrap()[1] == "7");
     }

@@ -4,9 +4,10 @@
 //! - single-stream throughput (iperf3, 5 s), beside the floor below;
 //! - request latency p50/p99 at a fixed rate (open loop, 64-byte echo requests spread over many
 //!   connections; latency counted from the scheduled send time, so queueing shows);
-//! - the agents' CPU seconds and RSS during that load, per 1,000 requests/s, beside a floor: a
-//!   plain user-space TCP relay (the agents' own relay code, no TLS, no HTTP/2, no capture rules)
-//!   on each node, in the agents' places, with the same socket hops (`relay`);
+//! - the agents' CPU seconds (split into user and system time) and RSS during that load, per
+//!   1,000 requests/s, beside a floor: a plain user-space TCP relay (the agents' own relay code,
+//!   no TLS, no HTTP/2, no capture rules) on each node, in the agents' places, with the same
+//!   socket hops (`relay`);
 //! - new connections per second (connect, one request, close; closed loop).
 //!
 //! Needs root, iperf3, and release builds of the binaries:
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ambit_bench::pace;
 use ambit_bench::pod::in_pod;
-use ambit_bench::proc::{self, Owned};
+use ambit_bench::proc::{self, CpuTimes, Owned};
 use ambit_bench::{Table, micros, percentiles};
 use ambit_cli::lab::netns::command_in;
 use ambit_tests::manifests::{self, Pod};
@@ -153,7 +154,7 @@ struct PathRun {
     /// Whose CPU is charged to the path: the two agents, or the two relays.
     pids: [u32; 2],
     samples: Vec<Duration>,
-    cpu: [f64; 2],
+    cpu: [CpuTimes; 2],
     elapsed: f64,
 }
 
@@ -187,7 +188,7 @@ fn latency(mesh: &Mesh, args: &Args, relays: &Relays) -> Result<()> {
             streams: open_streams(&mesh.pod(client).netns, target, args.load.connections)?,
             pids,
             samples: Vec::new(),
-            cpu: [0.0; 2],
+            cpu: [CpuTimes::default(); 2],
             elapsed: 0.0,
         });
     }
@@ -202,7 +203,7 @@ fn latency(mesh: &Mesh, args: &Args, relays: &Relays) -> Result<()> {
         let samples = pace::open_loop(&mut run.streams, args.load.rate, round, echo_64)?;
         run.elapsed += start.elapsed().as_secs_f64();
         let after = cpu_of(run.pids)?;
-        for (total, (a, b)) in run.cpu.iter_mut().zip(after.iter().zip(before)) {
+        for (total, (a, b)) in run.cpu.iter_mut().zip(after.into_iter().zip(before)) {
             *total += a - b;
         }
         run.samples
@@ -217,6 +218,7 @@ fn latency(mesh: &Mesh, args: &Args, relays: &Relays) -> Result<()> {
         "agents' (relays') CPU s",
         "vCPU per 1k req/s (both)",
         "per agent (node1, node2)",
+        "of which user, system (both)",
         "RSS (node1 + node2)",
     ]);
     let mut direct_p99 = Duration::ZERO;
@@ -228,14 +230,22 @@ fn latency(mesh: &Mesh, args: &Args, relays: &Relays) -> Result<()> {
         // Istio publishes its ztunnel's cost per process; both agents carry every request here.
         let per_1k = |secs: f64| secs / run.elapsed / (f64::from(args.load.rate) / 1000.0);
         let [a, b] = run.cpu;
+        let (a_total, b_total) = (a.total(), b.total());
         table.row(&[
             run.label.into(),
             micros(p.p50),
             micros(p.p99),
             micros(p.p99.saturating_sub(direct_p99)),
-            format!("{:.2}", a + b),
-            format!("{:.3}", per_1k(a + b)),
-            format!("{:.3}, {:.3}", per_1k(a), per_1k(b)),
+            format!("{:.2}", a_total + b_total),
+            format!("{:.3}", per_1k(a_total + b_total)),
+            format!("{:.3}, {:.3}", per_1k(a_total), per_1k(b_total)),
+            // The split says whose cost it is: the agents' own code (TLS, HTTP/2, the runtime),
+            // or the kernel's syscalls and wake-ups, which the floor pays alike.
+            format!(
+                "{:.3}, {:.3}",
+                per_1k(a.user + b.user),
+                per_1k(a.system + b.system)
+            ),
             rss_of(run.pids, "VmRSS:")?,
         ]);
     }
@@ -353,8 +363,8 @@ fn connection_rate(netns: &str, target: SocketAddr, workers: u32) -> Result<f64>
 }
 
 /// User + system CPU seconds of each process so far (node1's, node2's).
-fn cpu_of(pids: [u32; 2]) -> Result<[f64; 2]> {
-    Ok([proc::cpu_seconds(pids[0])?, proc::cpu_seconds(pids[1])?])
+fn cpu_of(pids: [u32; 2]) -> Result<[CpuTimes; 2]> {
+    Ok([proc::cpu_times(pids[0])?, proc::cpu_times(pids[1])?])
 }
 
 fn rss_of(pids: [u32; 2], field: &str) -> Result<String> {
