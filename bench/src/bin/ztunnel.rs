@@ -362,7 +362,7 @@ fn connection_rate(netns: &str, target: SocketAddr, workers: u32) -> Result<f64>
     Ok(count as f64 / 5.0)
 }
 
-/// User + system CPU seconds of each process so far (node1's, node2's).
+/// User and system CPU seconds of each process so far (node1's, node2's).
 fn cpu_of(pids: [u32; 2]) -> Result<[CpuTimes; 2]> {
     Ok([proc::cpu_times(pids[0])?, proc::cpu_times(pids[1])?])
 }
